@@ -34,8 +34,12 @@ DEFAULT_PREFETCH: Final = 50
 DEFAULT_QUEUE_TYPE: Final = "quorum"
 DEFAULT_HEARTBEAT_SECONDS: Final = 30
 DEFAULT_RECONNECT_MAX_SECONDS: Final = 30.0
+#: A delivery not acked by then goes back to the broker (below RabbitMQ's 30 min consumer timeout).
+DEFAULT_HANDOFF_TIMEOUT_SECONDS: Final = 1200.0
 
 DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
+DEFAULT_REDIS_KEY_PREFIX: Final = "blacktree"
+DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS: Final = 2.0
 
 DEFAULT_STATUS_SINKS: Final = ("amqp", "redis")
 DEFAULT_STATUS_QUEUE: Final = "status.queue"
@@ -53,6 +57,8 @@ DEFAULT_ECS_REGION: Final = "us-east-1"
 DEFAULT_ECS_CLUSTER: Final = "default"
 DEFAULT_ECS_CONTAINER_NAME: Final = "worker"
 DEFAULT_ECS_STARTED_BY: Final = "blacktree-orchestrator"
+#: Whether EC2 launches send the awsvpc network configuration (task definitions with networkMode awsvpc).
+DEFAULT_ECS_EC2_AWSVPC: Final = False
 DEFAULT_MAX_INFLIGHT_LAUNCHES: Final = 10
 DEFAULT_LAUNCH_RATE: Final = 20.0
 DEFAULT_LAUNCH_BURST: Final = 100
@@ -61,6 +67,8 @@ DEFAULT_MAX_CONCURRENT: Final = 10
 DEFAULT_MAX_ATTEMPTS: Final = 3
 DEFAULT_RETRY_DELAYS: Final = (10, 60, 300)
 DEFAULT_START_TIMEOUT_SECONDS: Final = 600
+#: Every worker gets a hard maximum lifetime, so nothing is orphaned (``deploy`` is exempt by default).
+DEFAULT_MAX_RUNTIME_SECONDS: Final = 7200
 DEFAULT_POLL_SECONDS: Final = 10.0
 DEFAULT_LEASE_SECONDS: Final = 30
 
@@ -77,6 +85,8 @@ DEFAULT_RESTART_BUDGET: Final = 5
 DEFAULT_RESTART_WINDOW_SECONDS: Final = 60.0
 DEFAULT_RESTART_BACKOFF_SECONDS: Final = 0.1
 DEFAULT_RESTART_BACKOFF_MAX_SECONDS: Final = 5.0
+DEFAULT_PING_INTERVAL_SECONDS: Final = 1.0
+DEFAULT_TELL_BUFFER: Final = 10_000
 
 
 # --- sections --------------------------------------------------------------------------------------
@@ -97,10 +107,13 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
     declare: bool = True
     heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS
     reconnect_max_seconds: float = DEFAULT_RECONNECT_MAX_SECONDS
+    handoff_timeout_seconds: float = DEFAULT_HANDOFF_TIMEOUT_SECONDS
 
 
 class RedisConfig(Section, frozen=True, kw_only=True):
     url: str = DEFAULT_REDIS_URL
+    key_prefix: str = DEFAULT_REDIS_KEY_PREFIX
+    socket_timeout_seconds: float = DEFAULT_REDIS_SOCKET_TIMEOUT_SECONDS
 
 
 class StatusConfig(Section, frozen=True, kw_only=True):
@@ -137,6 +150,7 @@ class EcsConfig(Section, frozen=True, kw_only=True):
     capacity_provider: tuple[str, ...] = ()
     placement_constraints: tuple[str, ...] = ()
     placement_strategy: tuple[str, ...] = ()
+    ec2_awsvpc: bool = DEFAULT_ECS_EC2_AWSVPC
     started_by: str = DEFAULT_ECS_STARTED_BY
     max_inflight_launches: int = DEFAULT_MAX_INFLIGHT_LAUNCHES
     launch_rate: float = DEFAULT_LAUNCH_RATE
@@ -150,6 +164,7 @@ class LimitsConfig(Section, frozen=True, kw_only=True):
     retry_delays: tuple[int, ...] = DEFAULT_RETRY_DELAYS
     no_retry_exit_codes: tuple[int, ...] = ()
     start_timeout_seconds: int = DEFAULT_START_TIMEOUT_SECONDS
+    max_runtime_seconds: int | None = DEFAULT_MAX_RUNTIME_SECONDS
     poll_seconds: float = DEFAULT_POLL_SECONDS
     lease_seconds: int = DEFAULT_LEASE_SECONDS
 
@@ -176,6 +191,8 @@ class SupervisionConfig(Section, frozen=True, kw_only=True):
     restart_window_seconds: float = DEFAULT_RESTART_WINDOW_SECONDS
     restart_backoff_seconds: float = DEFAULT_RESTART_BACKOFF_SECONDS
     restart_backoff_max_seconds: float = DEFAULT_RESTART_BACKOFF_MAX_SECONDS
+    ping_interval_seconds: float = DEFAULT_PING_INTERVAL_SECONDS
+    tell_buffer: int = DEFAULT_TELL_BUFFER
 
 
 class TypeConfig(Section, frozen=True, kw_only=True):
@@ -208,6 +225,18 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     def for_type(self, job_type: str) -> TypeConfig:
         """The overrides for ``job_type`` (an empty :class:`TypeConfig` when there are none)."""
         return self.types.get(job_type, TypeConfig())
+
+    def max_runtime_for(self, job_type: str, runs_until_stopped: bool) -> int | None:
+        """Maximum runtime of ``job_type`` jobs: the type's override, else the global limit, except
+        for jobs whose goal is to keep running (``deploy``), which have none unless configured."""
+        override = self.for_type(job_type).max_runtime_seconds
+        if override is not None or runs_until_stopped:
+            return override
+        return self.limits.max_runtime_seconds
+
+    def start_timeout_for(self, job_type: str) -> int:
+        """Seconds a ``job_type`` task may take to reach RUNNING."""
+        return self.for_type(job_type).start_timeout_seconds or self.limits.start_timeout_seconds
 
     def launcher_for(self, job_type: str) -> str:
         """The launcher that runs jobs of ``job_type``."""
@@ -254,6 +283,7 @@ def load_config(
             problems.append(f"[{section_name}]: unknown section{_did_you_mean(section_name, known)}")
     config = Config(**sections, types=types)
     _check_semantics(config, problems)
+    _check_redis(config.redis, problems)
     if problems:
         raise ConfigError(problems)
     return config
@@ -371,13 +401,15 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
     positive("limits.global_max_concurrent", config.limits.global_max_concurrent)
     positive("limits.max_attempts", config.limits.max_attempts)
     positive("limits.start_timeout_seconds", config.limits.start_timeout_seconds)
+    positive("limits.max_runtime_seconds", config.limits.max_runtime_seconds)
+    positive("broker.handoff_timeout_seconds", config.broker.handoff_timeout_seconds)
     positive("limits.poll_seconds", config.limits.poll_seconds)
     positive("limits.lease_seconds", config.limits.lease_seconds)
     positive("ecs.max_inflight_launches", config.ecs.max_inflight_launches)
     positive("ecs.launch_rate", config.ecs.launch_rate)
     positive("ecs.launch_burst", config.ecs.launch_burst)
     positive("validation.max_message_bytes", config.validation.max_message_bytes)
-    positive("supervision.restart_budget", config.supervision.restart_budget)
+    _check_supervision(config, problems)
     if not config.limits.retry_delays:
         problems.append("limits.retry_delays: needs at least one delay in seconds (e.g. 10,60,300)")
     if any(d <= 0 for d in config.limits.retry_delays):
@@ -420,6 +452,29 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
     )
     if uses_fargate and not config.ecs.subnets:
         problems.append("ecs.subnets: required for the fargate launcher (awsvpc networking)")
+
+
+def _check_redis(redis: RedisConfig, problems: list[str]) -> None:
+    if redis.socket_timeout_seconds <= 0:
+        problems.append(
+            f"redis.socket_timeout_seconds: must be greater than 0 (got {redis.socket_timeout_seconds})"
+        )
+    if not redis.key_prefix.strip():
+        problems.append("redis.key_prefix: must not be empty (every Redis key lives under it)")
+
+
+def _check_supervision(config: Config, problems: list[str]) -> None:
+    supervision = config.supervision
+    for key in ("restart_budget", "restart_window_seconds", "ping_interval_seconds", "tell_buffer"):
+        value = getattr(supervision, key)
+        if value <= 0:
+            problems.append(f"supervision.{key}: must be greater than 0 (got {value})")
+    if config.http.stuck_after_seconds <= supervision.ping_interval_seconds:
+        problems.append(
+            f"http.stuck_after_seconds: must be greater than supervision.ping_interval_seconds "
+            f"({config.http.stuck_after_seconds} <= {supervision.ping_interval_seconds}), "
+            "or every actor looks stuck between two pings"
+        )
 
 
 # --- printing --------------------------------------------------------------------------------------

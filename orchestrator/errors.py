@@ -35,6 +35,10 @@ class SinkError(OrchestratorError):
     """A status sink (AMQP status queue or Redis channel) could not take an event."""
 
 
+class CoordinationError(OrchestratorError):
+    """Redis, which holds the cross-process coordination (slots, leases, markers), could not be used."""
+
+
 class LaunchError(OrchestratorError):
     """A worker task could not be launched. Subclasses say whether and when to try again."""
 

@@ -1,0 +1,465 @@
+"""Leases in Redis: global concurrency slots across processes, and instance liveness with adoption claims."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+
+import pytest
+
+from orchestrator.config import RedisConfig
+from orchestrator.coordination import InstanceRegistry, RedisClient, connect_redis
+from orchestrator.errors import CoordinationError
+from orchestrator.slots import CombinedSlots, GlobalSlots, LocalSlots
+
+from .hammering import HAMMER_THREADS, PeakCounter, hammer, run_threads
+from .proxy import TcpProxy
+from .waiting import holds_throughout, wait_until
+
+pytestmark = pytest.mark.services
+
+SHORT_LEASE = 1.0
+#: Slack for scheduling and Redis round trips on a busy 2-core machine.
+MARGIN = 1.5
+
+
+class Connectivity:
+    """Records ``on_connectivity`` calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bool, str]] = []
+
+    def __call__(self, ok: bool, detail: str) -> None:
+        self.calls.append((ok, detail))
+
+
+@pytest.fixture
+def pools(client: RedisClient, prefix: str) -> Iterator[list[GlobalSlots]]:
+    """Makes GlobalSlots under the test's prefix and closes them afterwards."""
+    made: list[GlobalSlots] = []
+    yield made
+    for pool in made:
+        pool.close()
+
+
+def new_pool(
+    made: list[GlobalSlots],
+    client: RedisClient,
+    prefix: str,
+    instance: str,
+    limit: int = 2,
+    lease: float = SHORT_LEASE,
+    **kwargs: object,
+) -> GlobalSlots:
+    pool = GlobalSlots(client, prefix, instance, limit, lease, **kwargs)  # type: ignore[arg-type]
+    made.append(pool)
+    return pool
+
+
+# --- global slots ---------------------------------------------------------------------------------
+
+
+def test_two_processes_never_hold_more_than_the_global_limit(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str
+) -> None:
+    # Given two processes sharing a global limit of 2
+    first = new_pool(pools, client, prefix, "proc-a", lease=10)
+    second = new_pool(pools, client, prefix, "proc-b", lease=10)
+    counter = PeakCounter()
+
+    def check() -> None:
+        assert counter.now <= 2
+        assert len(first.global_holders()) <= 2  # Redis's own view, and a hold long enough to overlap
+
+    # When 8 threads, half in each process, acquire and release as fast as they can
+    run_threads(
+        [
+            partial(hammer, first if n % 2 else second, counter, f"t{n}", 300, check)
+            for n in range(HAMMER_THREADS)
+        ]
+    )
+
+    # Then the limit was reached but never passed, and nothing is left held
+    assert counter.peak == 2
+    assert first.held() == second.held() == 0
+    assert first.global_holders() == {}
+
+
+def test_global_acquire_is_idempotent_and_a_double_release_frees_nothing(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str
+) -> None:
+    first = new_pool(pools, client, prefix, "proc-a", lease=10)
+    second = new_pool(pools, client, prefix, "proc-b", lease=10)
+    assert first.try_acquire("d1")
+    assert first.try_acquire("d1")
+    assert second.try_acquire("d2")
+    assert first.global_holders() == {"d1": "proc-a", "d2": "proc-b"}
+    assert not second.try_acquire("d3")
+
+    assert first.release("d1")
+    assert not first.release("d1")
+    assert not first.release("d2"), "another process's slot is not ours to release"
+    assert first.global_holders() == {"d2": "proc-b"}
+    assert second.try_acquire("d3")
+    assert not first.try_acquire("d4"), "the double release must not have made room"
+
+
+def test_a_redelivered_deployment_takes_over_its_slot_in_the_other_process(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str
+) -> None:
+    # Given process A holds d1's slot, and the job is redelivered to process B
+    first = new_pool(pools, client, prefix, "proc-a", lease=10, renew_in_background=False)
+    second = new_pool(pools, client, prefix, "proc-b", lease=10, renew_in_background=False)
+    assert first.try_acquire("d1")
+
+    # When B acquires the same deployment, Then it still uses one slot, now B's
+    assert second.try_acquire("d1")
+    assert first.global_holders() == {"d1": "proc-b"}
+
+    # And A sees it lost the lease at its next renewal, and cannot free B's slot
+    assert first.renew() == frozenset({"d1"})
+    assert first.held() == 0
+    assert not first.release("d1")
+    assert second.holders() == frozenset({"d1"})
+
+
+def test_renewal_keeps_a_live_holders_slots_past_several_lease_periods(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str
+) -> None:
+    # Given A holds both slots with 1 s leases, renewed in the background
+    holder = new_pool(pools, client, prefix, "proc-a")
+    other = new_pool(pools, client, prefix, "proc-b")
+    assert holder.try_acquire("d1")
+    assert holder.try_acquire("d2")
+
+    # Then for 3.5 lease periods nobody else gets a slot
+    assert holds_throughout(lambda: not other.try_acquire("d3"), 3.5 * SHORT_LEASE, interval=0.1)
+    assert set(holder.global_holders()) == {"d1", "d2"}
+
+    # When A stops renewing without releasing (a crash), Then its leases expire on their own
+    holder.close()
+    started = time.monotonic()
+    assert wait_until(lambda: other.try_acquire("d3"), SHORT_LEASE + MARGIN)
+    assert time.monotonic() - started <= SHORT_LEASE + MARGIN
+
+
+CRASHING_HOLDER = """
+import sys, threading
+from orchestrator.config import RedisConfig
+from orchestrator.coordination import connect_redis
+from orchestrator.slots import GlobalSlots
+
+url, prefix, lease = sys.argv[1], sys.argv[2], float(sys.argv[3])
+slots = GlobalSlots(connect_redis(RedisConfig(url=url)), prefix, "doomed", 2, lease)
+assert slots.try_acquire("d1") and slots.try_acquire("d2")
+print("holding", flush=True)
+threading.Event().wait(60)  # renewing in the background until the test kills us
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_process_loses_its_slots_after_the_lease(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str, redis_url: str
+) -> None:
+    # Given another process that holds both global slots and keeps renewing them
+    lease = 1.5
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_HOLDER, redis_url, prefix, str(lease)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "holding"
+        survivor = new_pool(pools, client, prefix, "survivor", lease=lease)
+        assert holds_throughout(lambda: not survivor.try_acquire("d3"), 2 * lease, interval=0.1)
+
+        # When it is killed (no release, no clean close)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        killed_at = time.monotonic()
+
+        # Then its slots free themselves within one lease, and not at once
+        assert wait_until(lambda: survivor.try_acquire("d3"), lease + MARGIN, interval=0.05)
+        freed_after = time.monotonic() - killed_at
+        assert freed_after >= lease / 3, f"freed after {freed_after:.2f} s: the last renewal was still live"
+        assert survivor.try_acquire("d4")
+        assert survivor.global_holders() == {"d3": "survivor", "d4": "survivor"}
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+
+
+def test_renew_reports_a_lease_lost_to_expiry(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str
+) -> None:
+    # Given A's lease ran out (no renewal) and B took the only slot
+    slow = new_pool(pools, client, prefix, "proc-a", limit=1, lease=0.3, renew_in_background=False)
+    other = new_pool(pools, client, prefix, "proc-b", limit=1, lease=10)
+    assert slow.try_acquire("d1")
+    assert wait_until(lambda: other.try_acquire("d2"), 0.3 + MARGIN)
+
+    # When A renews, Then it learns it lost d1, and releasing it frees nothing of B's
+    assert slow.renew() == frozenset({"d1"})
+    assert slow.holders() == frozenset()
+    assert not slow.release("d1")
+    assert other.global_holders() == {"d2": "proc-b"}
+
+
+def test_keys_vanish_with_the_last_lease(pools: list[GlobalSlots], client: RedisClient, prefix: str) -> None:
+    pool = new_pool(pools, client, prefix, "proc-a", lease=0.5, renew_in_background=False)
+    assert pool.try_acquire("d1")
+    assert client.exists(f"{prefix}:slots", f"{prefix}:slots:owners") == 2
+    assert wait_until(lambda: client.exists(f"{prefix}:slots", f"{prefix}:slots:owners") == 0, 0.5 + MARGIN)
+
+
+def test_a_shorter_lease_does_not_cut_anothers_lease_short(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str
+) -> None:
+    # Given a process with 10 s leases, and a misconfigured one with 0.3 s leases that stops renewing
+    steady = new_pool(pools, client, prefix, "proc-a", lease=10)
+    brief = new_pool(pools, client, prefix, "proc-b", lease=0.3, renew_in_background=False)
+    assert steady.try_acquire("d1")
+    assert brief.try_acquire("d2")
+
+    # Then the short lease ends alone: the keys live as long as their longest lease
+    assert wait_until(lambda: steady.global_holders() == {"d1": "proc-a"}, 0.3 + MARGIN)
+    assert client.pttl(f"{prefix}:slots") > 5000
+
+
+def test_release_all_frees_every_slot_in_one_go(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str
+) -> None:
+    pool = new_pool(pools, client, prefix, "proc-a", limit=3, lease=10)
+    other = new_pool(pools, client, prefix, "proc-b", limit=3, lease=10)
+    for name in ("d1", "d2"):
+        assert pool.try_acquire(name)
+    assert other.try_acquire("theirs")
+    assert pool.release_all() == 2
+    assert pool.held() == 0
+    assert pool.global_holders() == {"theirs": "proc-b"}
+
+
+# --- Redis unreachable ----------------------------------------------------------------------------
+
+
+def test_try_acquire_while_redis_is_unreachable_returns_false(down_redis: RedisClient, prefix: str) -> None:
+    # Given a pool whose Redis refuses connections
+    seen = Connectivity()
+    pool = GlobalSlots(down_redis, prefix, "proc-a", 2, SHORT_LEASE, on_connectivity=seen)
+    try:
+        # When a job asks for a slot, Then it waits (False), no exception, and the outage is reported once
+        started = time.monotonic()
+        assert not pool.try_acquire("d1")
+        assert not pool.try_acquire("d1")
+        assert time.monotonic() - started < 2.0, "a refused connection must not be retried for long"
+        assert [ok for ok, _ in seen.calls] == [False]
+        assert "hunter2secret" not in seen.calls[0][1]
+        assert pool.held() == 0
+        assert not pool.release("d1")
+        assert pool.renew() == frozenset()
+        with pytest.raises(CoordinationError):
+            pool.global_holders()
+    finally:
+        pool.close()
+
+
+def test_combined_slots_leave_no_local_slot_while_redis_is_unreachable(
+    down_redis: RedisClient, prefix: str
+) -> None:
+    seen = Connectivity()
+    global_slots = GlobalSlots(down_redis, prefix, "proc-a", 2, SHORT_LEASE, on_connectivity=seen)
+    combined = CombinedSlots(LocalSlots(2), global_slots)
+    try:
+        assert not combined.try_acquire("d1")
+        assert combined.local.held() == 0
+        assert seen.calls and not seen.calls[0][0]
+    finally:
+        combined.close()
+
+
+def test_an_unanswering_redis_times_out(prefix: str) -> None:
+    # Given a "Redis" that accepts connections but never answers
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        mute = connect_redis(RedisConfig(url=f"redis://127.0.0.1:{port}/0", socket_timeout_seconds=0.3))
+        seen = Connectivity()
+        pool = GlobalSlots(mute, prefix, "proc-a", 2, SHORT_LEASE, on_connectivity=seen)
+        try:
+            # When a job asks for a slot, Then the socket timeout bounds the wait (one retry)
+            started = time.monotonic()
+            assert not pool.try_acquire("d1")
+            assert time.monotonic() - started < 1.5
+            assert [ok for ok, _ in seen.calls] == [False]
+        finally:
+            pool.close()
+            mute.close()
+
+
+def test_slots_work_again_when_redis_comes_back(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str
+) -> None:
+    target = client.connection_pool.connection_kwargs
+    with TcpProxy((target["host"], target["port"])) as proxy:
+        proxied = connect_redis(
+            RedisConfig(url=f"redis://127.0.0.1:{proxy.port}/0", socket_timeout_seconds=0.5)
+        )
+        seen = Connectivity()
+        pool = new_pool(pools, proxied, prefix, "proc-a", lease=10, on_connectivity=seen)
+        try:
+            # Given Redis works
+            assert pool.try_acquire("d1")
+
+            # When it goes away, Then jobs wait and the outage is reported
+            proxy.cut()
+            assert not pool.try_acquire("d2")
+            assert pool.release("d1"), "d1 was held: forgotten here, its lease left to expire"
+
+            # When it is back, Then slots are given again and the recovery is reported
+            proxy.restore()
+            assert wait_until(lambda: pool.try_acquire("d2"), MARGIN)
+            assert [ok for ok, _ in seen.calls] == [True, False, True]
+            assert set(pool.global_holders()) == {"d1", "d2"}, "d1's lease expires on its own"
+        finally:
+            pool.close()
+            proxied.close()
+
+
+# --- instance liveness ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registries(client: RedisClient, prefix: str) -> Iterator[list[InstanceRegistry]]:
+    """Registries under the test's prefix, stopped afterwards."""
+    made: list[InstanceRegistry] = []
+    yield made
+    for registry in made:
+        registry.stop()
+
+
+def new_registry(
+    made: list[InstanceRegistry], client: RedisClient, prefix: str, instance: str, lease: int = 1
+) -> InstanceRegistry:
+    registry = InstanceRegistry(client, prefix, instance, lease)
+    made.append(registry)
+    return registry
+
+
+def test_a_live_instance_stays_alive_and_a_silent_one_expires(
+    registries: list[InstanceRegistry], client: RedisClient, prefix: str
+) -> None:
+    # Given one instance that heartbeats, and one that beat once and went silent (crashed)
+    live = new_registry(registries, client, prefix, "live")
+    live.start()
+    silent = new_registry(registries, client, prefix, "silent")
+    assert silent.heartbeat()
+    assert live.alive() == {"live", "silent"}
+    assert live.is_alive("silent")
+    info = client.get(f"{prefix}:instance:live")
+    assert info is not None and b'"instance_id":"live"' in info
+
+    # Then the silent one's lease expires on its own, while the live one's is renewed throughout
+    assert wait_until(lambda: not live.is_alive("silent"), 1 + MARGIN)
+    assert holds_throughout(lambda: live.is_alive("live"), 2.5, interval=0.1)
+    assert live.alive() == {"live"}
+    assert client.smembers(f"{prefix}:instances") == {b"live"}, "the dead id is pruned from the index"
+    assert not live.is_alive("never-existed")
+
+
+def test_stop_deletes_the_lease_at_once(
+    registries: list[InstanceRegistry], client: RedisClient, prefix: str
+) -> None:
+    leaving = InstanceRegistry(client, prefix, "leaving", 30)
+    observer = new_registry(registries, client, prefix, "observer", lease=30)
+    leaving.start()
+    assert observer.is_alive("leaving")
+    leaving.stop()
+    assert not observer.is_alive("leaving")
+    assert observer.alive() == set()
+
+
+def test_a_heartbeat_after_the_lease_lapsed_warns(
+    registries: list[InstanceRegistry], client: RedisClient, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = new_registry(registries, client, prefix, "late")
+    assert registry.heartbeat()
+    assert wait_until(lambda: not registry.is_alive("late"), 1 + MARGIN)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.coordination"):
+        assert registry.heartbeat()
+    assert any("had expired" in r.getMessage() for r in caplog.records)
+    assert registry.is_alive("late")
+
+
+def test_exactly_one_of_eight_concurrent_claimers_adopts_each_orphan(
+    registries: list[InstanceRegistry], client: RedisClient, prefix: str
+) -> None:
+    # Given 8 live processes and 20 tasks of a dead one
+    claimers = [new_registry(registries, client, prefix, f"proc-{n}", lease=30) for n in range(8)]
+    for registry in claimers:
+        registry.start()
+    tasks = [f"arn:aws:ecs:us-east-1:1:task/c/{n}" for n in range(20)]
+    wins: dict[str, list[str]] = {task: [] for task in tasks}
+    lock = threading.Lock()
+    start = threading.Barrier(len(claimers), timeout=10)
+
+    def claim_all(registry: InstanceRegistry) -> None:
+        start.wait()
+        for task in tasks:
+            if registry.claim_orphan(task, registry.instance_id):
+                with lock:
+                    wins[task].append(registry.instance_id)
+
+    # When all of them claim every task at once
+    run_threads([partial(claim_all, r) for r in claimers])
+
+    # Then each task has exactly one adopter
+    assert all(len(winners) == 1 for winners in wins.values()), wins
+    # And a repeated claim keeps the winner, and nobody else gets it
+    task = tasks[0]
+    winner = wins[task][0]
+    assert claimers[0].claim_orphan(task, winner)
+    assert [r.instance_id for r in claimers if r.claim_orphan(task, r.instance_id)] == [winner]
+
+
+def test_an_orphan_claimed_by_a_dead_adopter_can_be_claimed_again(
+    registries: list[InstanceRegistry], client: RedisClient, prefix: str
+) -> None:
+    adopter = new_registry(registries, client, prefix, "adopter")
+    rescuer = new_registry(registries, client, prefix, "rescuer", lease=30)
+    rescuer.start()
+    assert adopter.heartbeat()
+    assert adopter.claim_orphan("task-1", "adopter")
+    assert not rescuer.claim_orphan("task-1", "rescuer")
+
+    # When the adopter dies too, Then its claim can be taken over
+    assert wait_until(lambda: not rescuer.is_alive("adopter"), 1 + MARGIN)
+    assert rescuer.claim_orphan("task-1", "rescuer")
+    assert client.get(f"{prefix}:adopt:task-1") == b"rescuer"
+    ttl = client.ttl(f"{prefix}:adopt:task-1")
+    assert ttl > 0
+
+
+def test_registry_while_redis_is_unreachable(down_redis: RedisClient, prefix: str) -> None:
+    seen = Connectivity()
+    registry = InstanceRegistry(down_redis, prefix, "proc-a", 1, on_connectivity=seen)
+    registry.start()  # does not raise: the heartbeat thread keeps trying
+    try:
+        assert [ok for ok, _ in seen.calls] == [False]
+        assert not registry.heartbeat()
+        with pytest.raises(CoordinationError, match="Redis failed while listing live instances"):
+            registry.alive()
+        with pytest.raises(CoordinationError):
+            registry.is_alive("proc-b")
+        with pytest.raises(CoordinationError) as caught:
+            registry.claim_orphan("task", "proc-a")
+        assert "hunter2secret" not in str(caught.value)
+    finally:
+        registry.stop()  # does not raise either
