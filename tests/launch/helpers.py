@@ -1,0 +1,50 @@
+"""Helpers of the launch tests: polling with a deadline, configs, local git repositories."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from orchestrator.config import Config, load_config
+
+POLL_SECONDS = 0.02
+_pause = threading.Event()  # never set: wait() is a pause that cannot outlive its timeout
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = POLL_SECONDS) -> T:
+    """Poll ``probe`` until it returns something truthy, and return that; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
+        _pause.wait(interval)
+
+
+def config_from(environ: Mapping[str, str]) -> Config:
+    """A config built the way operators build one: ``ORCH_*`` variables, parsed and validated."""
+    return load_config(environ=dict(environ))
+
+
+GIT_IDENTITY = ["-c", "user.name=Blacktree Tests", "-c", "user.email=tests@blacktree.invalid"]
+
+
+def make_repo(path: Path, files: Mapping[str, str], branch: str = "main") -> str:
+    """A git repository at ``path`` with ``files`` committed on ``branch``; returns its file:// URL."""
+    path.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", branch, str(path)], check=True)
+    for name, text in files.items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    subprocess.run(["git", "-C", str(path), "add", "-A"], check=True)
+    subprocess.run(["git", *GIT_IDENTITY, "-C", str(path), "commit", "-q", "-m", "test repo"], check=True)
+    return path.as_uri()

@@ -1,0 +1,379 @@
+"""The local launcher with the real reference worker and real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from orchestrator.config import Config
+from orchestrator.launch.base import LaunchRequest, TaskHandle, TaskState, make_launcher
+from orchestrator.launch.local import LocalLauncher, file_id_of, process_start_time
+from orchestrator.messages import BuildJob, SourceJob
+
+from .helpers import config_from, make_repo, wait_for
+
+DOCKERFILE = "FROM alpine:3.20\nRUN echo built\n"
+WAIT = 30.0
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> str:
+    """A local git repository with a Dockerfile on ``main``; its file:// URL."""
+    return make_repo(tmp_path / "repo", {"Dockerfile": DOCKERFILE, "app/main.py": "print('hi')\n"})
+
+
+def local_config(state_dir: Path, command: str | None = None, grace: float = 5.0) -> Config:
+    environ = {"ORCH_LOCAL_STATE_DIR": str(state_dir), "ORCH_LOCAL_STOP_GRACE_SECONDS": str(grace)}
+    if command is not None:
+        environ["ORCH_LOCAL_COMMAND"] = command
+    return config_from(environ)
+
+
+def python_command(code: str) -> str:
+    """A ``local.command`` that runs ``code`` with this interpreter."""
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+
+
+def request_for(job: SourceJob, attempt: int = 1) -> LaunchRequest:
+    now = time.time()
+    return LaunchRequest(
+        job=job, attempt=attempt, instance_id="orch-a", start_deadline=now + 60, deadline=now + 600
+    )
+
+
+def ended(launcher: LocalLauncher, handle: TaskHandle) -> TaskState | None:
+    [state] = launcher.describe([handle])
+    return state if state.phase in ("stopped", "missing") else None
+
+
+def log_text(launcher: LocalLauncher, handle: TaskHandle) -> str:
+    path = launcher.log_path(handle)
+    return path.read_text() if path.exists() else ""
+
+
+def test_reference_worker_succeeds_and_its_output_is_logged(
+    state_dir: Path, repo: str, no_docker_engine: None
+) -> None:
+    launcher = make_launcher("local", local_config(state_dir))
+    assert isinstance(launcher, LocalLauncher)
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository=repo)))
+
+    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+
+    assert (state.phase, state.exit_code, state.reason) == ("stopped", 0, None)
+    assert handle.task_id == "dep-1-1"
+    assert handle.launcher == "local"
+    log = log_text(launcher, handle)
+    assert "⚠️ no Docker engine: verified the Dockerfile only" in log
+    assert "✅ found Dockerfile" in log
+
+
+def test_forced_exit_code_is_the_task_result(
+    state_dir: Path, repo: str, no_docker_engine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKER_EXIT_CODE", "3")
+    launcher = LocalLauncher(local_config(state_dir))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository=repo)))
+
+    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+
+    assert (state.phase, state.exit_code) == ("stopped", 3)
+
+
+def test_a_restarted_launcher_finds_the_running_task_and_reads_its_exit_code(
+    state_dir: Path, repo: str, no_docker_engine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKER_SLEEP_SECONDS", "2")
+    monkeypatch.setenv("WORKER_EXIT_CODE", "7")
+    job = BuildJob(deployment_id="dep-1", repository=repo, branch="main")
+    first = LocalLauncher(local_config(state_dir))
+    launched = first.launch(request_for(job, attempt=2))
+
+    # A new launcher over the same state directory: what a restarted orchestrator builds.
+    restarted = LocalLauncher(local_config(state_dir))
+    found = restarted.find("dep-1", 2)
+
+    assert found == launched
+    assert restarted.list_owned() == [launched]
+    assert restarted.job_of(found) == job
+    assert restarted.find("dep-1", 1) is None
+    [state] = restarted.describe([found])
+    assert state.phase == "running"
+    final = wait_for(lambda: ended(restarted, found), WAIT, "the worker to end")
+    assert (final.phase, final.exit_code) == ("stopped", 7)
+
+
+def test_stop_terminates_a_sleeping_worker(
+    state_dir: Path, repo: str, no_docker_engine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKER_SLEEP_SECONDS", "300")
+    launcher = LocalLauncher(local_config(state_dir))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository=repo)))
+    wait_for(lambda: "done" in log_text(launcher, handle), WAIT, "the worker to reach its sleep")
+    started = time.monotonic()
+
+    launcher.stop(handle, "ran longer than the maximum runtime")
+
+    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to stop")
+    assert time.monotonic() - started < 5, "SIGTERM, not the grace period's SIGKILL, ended it"
+    assert state.phase == "stopped"
+    assert state.exit_code == 128 + signal.SIGTERM
+    assert state.reason == "stopped: ran longer than the maximum runtime"
+
+
+def test_stop_kills_a_worker_that_ignores_sigterm_after_the_grace_period(state_dir: Path) -> None:
+    stubborn = python_command(
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ignoring SIGTERM', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    launcher = LocalLauncher(local_config(state_dir, command=stubborn, grace=0.5))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
+    wait_for(lambda: "ignoring SIGTERM" in log_text(launcher, handle), WAIT, "the worker to start")
+
+    launcher.stop(handle, "stop on request")
+
+    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to be killed")
+    assert state.phase == "stopped"
+    assert state.exit_code == 128 + signal.SIGKILL
+    assert state.reason == "stopped: stop on request"
+
+
+def test_stopping_a_task_that_already_ended_keeps_its_own_result(state_dir: Path) -> None:
+    launcher = LocalLauncher(local_config(state_dir, command=python_command("raise SystemExit(4)")))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
+    wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+
+    launcher.stop(handle, "too late")
+
+    [state] = launcher.describe([handle])
+    assert (state.phase, state.exit_code, state.reason) == ("stopped", 4, None)
+
+
+def test_job_fields_reach_the_worker_as_literal_environment_variables(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCH_BROKER_URL", "amqp://orch:hunter2@mq.internal:5672/%2F")
+    monkeypatch.setenv("UNRELATED_SETTING", "kept")
+    canary = tmp_path / "pwned"
+    dump_env = python_command("import json, os; print(json.dumps(dict(os.environ)))")
+    launcher = LocalLauncher(local_config(state_dir, command=dump_env))
+    job = BuildJob(
+        deployment_id="dep-1",
+        repository=f"file:///repo$(touch {canary})",
+        branch=f"main; touch {canary} && echo `id`",
+        docker_file_path="Dockerfile'\"|&",
+        context_dir="ctx\n$HOME",
+        compose_file_path="docker-compose.yml",
+        port_number=3000,
+        auto_deploy=True,
+    )
+
+    handle = launcher.launch(request_for(job, attempt=3))
+    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+
+    assert state.exit_code == 0
+    env = json.loads(log_text(launcher, handle))
+    assert env["REPOSITORY"] == job.repository
+    assert env["BRANCH"] == job.branch
+    assert env["DOCKERFILE_PATH"] == job.docker_file_path
+    assert env["CONTEXT_DIR"] == job.context_dir
+    assert env["COMPOSE_FILE_PATH"] == "docker-compose.yml"
+    assert (env["DEPLOYMENT_ID"], env["JOB_TYPE"], env["ATTEMPT"]) == ("dep-1", "build", "3")
+    assert (env["PORT_NUMBER"], env["AUTO_DEPLOY"]) == ("3000", "true")
+    assert env["UNRELATED_SETTING"] == "kept"
+    assert not any(name.startswith("ORCH_") for name in env), "orchestrator settings (secrets) stay out"
+    assert not canary.exists()
+
+
+def test_the_reference_worker_clones_a_hostile_branch_name_literally(
+    state_dir: Path, repo: str, tmp_path: Path, no_docker_engine: None
+) -> None:
+    canary = tmp_path / "pwned"
+    launcher = LocalLauncher(local_config(state_dir))
+    job = BuildJob(deployment_id="dep-1", repository=repo, branch=f"main;touch {canary}")
+
+    handle = launcher.launch(request_for(job))
+    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+
+    assert state.exit_code == 10  # no such branch: the clone failed, nothing ran
+    assert f"branch 'main;touch {canary}'" in log_text(launcher, handle)
+    assert not canary.exists()
+
+
+def test_launching_the_same_attempt_twice_starts_one_process(
+    state_dir: Path, repo: str, no_docker_engine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKER_SLEEP_SECONDS", "300")
+    launcher = LocalLauncher(local_config(state_dir))
+    request = request_for(BuildJob(deployment_id="dep-1", repository=repo))
+
+    first = launcher.launch(request)
+    second = LocalLauncher(local_config(state_dir)).launch(request)
+
+    try:
+        assert second == first
+        records = sorted(p.name for p in (state_dir / "tasks").iterdir())
+        assert records == ["dep-1-1.json"]
+    finally:
+        launcher.stop(first, "test over")
+        wait_for(lambda: ended(launcher, first), WAIT, "the worker to stop")
+
+
+def test_a_task_killed_without_an_exit_status_is_missing(
+    state_dir: Path, repo: str, no_docker_engine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKER_SLEEP_SECONDS", "300")
+    launcher = LocalLauncher(local_config(state_dir))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository=repo)))
+    record = json.loads((state_dir / "tasks" / "dep-1-1.json").read_text())
+
+    os.killpg(record["pid"], signal.SIGKILL)  # what a host crash or the OOM killer does
+
+    state = wait_for(lambda: ended(launcher, handle), WAIT, "the task to vanish")
+    assert state.phase == "missing"
+    assert state.reason is not None and "without recording an exit status" in state.reason
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_task(state_dir: Path) -> None:
+    launcher = LocalLauncher(local_config(state_dir, command=python_command("pass")))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
+    wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    path = state_dir / "tasks" / "dep-1-1.json"
+    record = json.loads(path.read_text())
+    (state_dir / "tasks" / "dep-1-1.exit").unlink()
+
+    # This test process is alive, but it started at another time than the recorded one.
+    record["pid"] = os.getpid()
+    path.write_text(json.dumps(record))
+    assert process_start_time(os.getpid()) != record["startTime"]
+
+    [state] = launcher.describe([handle])
+    assert state.phase == "missing"
+
+
+def test_forget_removes_the_records_but_keeps_the_log(state_dir: Path) -> None:
+    launcher = LocalLauncher(local_config(state_dir, command=python_command("print('hello')")))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
+    wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+
+    launcher.forget(handle)
+
+    assert list((state_dir / "tasks").iterdir()) == []
+    assert "hello" in log_text(launcher, handle)
+    assert launcher.find("dep-1", 1) is None
+    assert launcher.list_owned() == []
+    [state] = launcher.describe([handle])
+    assert state.phase == "missing"
+
+
+def test_forget_leaves_a_running_task_alone(
+    state_dir: Path, repo: str, no_docker_engine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKER_SLEEP_SECONDS", "300")
+    launcher = LocalLauncher(local_config(state_dir))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository=repo)))
+    try:
+        launcher.forget(handle)
+        assert launcher.find("dep-1", 1) == handle
+    finally:
+        launcher.stop(handle, "test over")
+        wait_for(lambda: ended(launcher, handle), WAIT, "the worker to stop")
+
+
+def test_an_unsafe_deployment_id_still_gets_a_safe_file_name(state_dir: Path) -> None:
+    launcher = LocalLauncher(local_config(state_dir, command=python_command("pass")))
+    job = BuildJob(deployment_id="../../etc/passwd", repository="file:///none")
+
+    handle = launcher.launch(request_for(job))
+    wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+
+    assert handle.task_id == "../../etc/passwd-1"
+    [record] = (state_dir / "tasks").glob("*.json")
+    assert record.parent == state_dir / "tasks"
+    assert record.name.startswith("etc_passwd-1-")
+    assert file_id_of("dep-1", 1) == "dep-1-1"
+    assert launcher.find("../../etc/passwd", 1) == handle
+
+
+def test_the_record_holds_what_a_restart_needs(state_dir: Path) -> None:
+    launcher = LocalLauncher(local_config(state_dir, command=python_command("pass")))
+    request = request_for(BuildJob(deployment_id="dep-1", repository="file:///none"), attempt=4)
+
+    handle = launcher.launch(request)
+
+    record = json.loads((state_dir / "tasks" / "dep-1-4.json").read_text())
+    assert record["pid"] > 0 and record["startTime"] > 0
+    assert record["attempt"] == 4
+    assert record["instanceId"] == "orch-a"
+    assert record["startDeadline"] == request.start_deadline
+    assert record["deadline"] == request.deadline
+    assert msgspec.json.decode(json.dumps(record["job"])) == msgspec.to_builtins(request.job) | {
+        "type": "build"
+    }
+    wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+
+
+def test_a_task_outlives_the_orchestrator_killed_with_its_process_group(
+    state_dir: Path, repo: str, tmp_path: Path, no_docker_engine: None
+) -> None:
+    # Given an orchestrator process (its own process group, as under supervisord) that launched a task
+    orchestrator = (
+        "import time\n"
+        "from orchestrator.config import load_config\n"
+        "from orchestrator.launch.base import LaunchRequest\n"
+        "from orchestrator.launch.local import LocalLauncher\n"
+        "from orchestrator.messages import BuildJob\n"
+        "launcher = LocalLauncher(load_config())\n"
+        f"job = BuildJob(deployment_id='dep-1', repository={repo!r})\n"
+        "now = time.time()\n"
+        "launcher.launch(LaunchRequest(job=job, attempt=1, instance_id='orch-a', start_deadline=now + 60,"
+        " deadline=None))\n"
+        "print('launched', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    env = {
+        **os.environ,
+        "ORCH_LOCAL_STATE_DIR": str(state_dir),
+        "WORKER_SLEEP_SECONDS": "3",
+        "WORKER_EXIT_CODE": "0",
+    }
+    output = tmp_path / "orchestrator.out"
+    with output.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-c", orchestrator],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: "launched" in output.read_text(), WAIT, "the orchestrator to launch")
+
+        # When the orchestrator's whole process group is killed (supervisord's killasgroup)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(WAIT)
+
+        # Then a new orchestrator finds the task still running, and later reads its exit status
+        restarted = LocalLauncher(local_config(state_dir))
+        handle = restarted.find("dep-1", 1)
+        assert handle is not None
+        [state] = restarted.describe([handle])
+        assert state.phase == "running"
+        final = wait_for(lambda: ended(restarted, handle), WAIT, "the task to end")
+        assert (final.phase, final.exit_code) == ("stopped", 0)
+        assert "✅ build dep-1 done" in log_text(restarted, handle)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(WAIT)
