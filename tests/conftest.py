@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
-import os
-import uuid
+import contextlib
 from collections.abc import Iterator
 
 import msgspec
 import pika
 import pytest
 import redis
+from support import AMQP_URL, REDIS_URL, unique
 
 from orchestrator.config import Config, load_config
 
-AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-RUN_ID = uuid.uuid4().hex[:8]
-_counter = itertools.count(1)
-
-
-def unique(prefix: str) -> str:
-    """A name no other test, and no other run, uses: ``t.<run>.<n>.<prefix>``."""
-    return f"t.{RUN_ID}.{next(_counter)}.{prefix}"
+__all__ = ["AMQP_URL", "REDIS_URL", "unique"]
 
 
 @pytest.fixture
@@ -38,7 +28,9 @@ def amqp_connection() -> Iterator[pika.BlockingConnection]:
 
 
 @pytest.fixture
-def amqp_channel(amqp_connection: pika.BlockingConnection) -> pika.adapters.blocking_connection.BlockingChannel:
+def amqp_channel(
+    amqp_connection: pika.BlockingConnection,
+) -> pika.adapters.blocking_connection.BlockingChannel:
     """A channel on :func:`amqp_connection`."""
     return amqp_connection.channel()
 
@@ -93,15 +85,11 @@ def _delete_queues(config: Config) -> None:
     try:
         for name in names:
             channel = connection.channel()
-            try:
+            with contextlib.suppress(pika.exceptions.AMQPError):
                 channel.queue_delete(name)
-            except pika.exceptions.AMQPError:
-                pass
         channel = connection.channel()
-        try:
+        with contextlib.suppress(pika.exceptions.AMQPError):
             channel.exchange_delete(config.broker.exchange)
-        except pika.exceptions.AMQPError:
-            pass
     finally:
         if connection.is_open:
             connection.close()

@@ -14,10 +14,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from orchestrator.errors import LaunchError, ThrottledError
-from orchestrator.launch.base import Launcher, LaunchRequest, TaskHandle
+from orchestrator.launch.base import LaunchRequest, TaskHandle
 from orchestrator.launch.errors import LaunchCancelledError
 from orchestrator.logs import FAILURE, WARNING, emoji
 from orchestrator.redaction import redact_text
@@ -35,6 +35,16 @@ WAIT_SLICE_SECONDS: Final = 0.2
 TOKEN_EPSILON: Final = 1e-9
 
 OnDone = Callable[[LaunchRequest, "TaskHandle | LaunchError"], None]
+
+
+class Launches(Protocol):
+    """What the pool needs of a launcher: its name and ``launch`` (a :class:`Launcher` has both)."""
+
+    name: str
+
+    def launch(self, request: LaunchRequest) -> TaskHandle:
+        """Start the task of ``request`` (see :meth:`Launcher.launch`)."""
+        ...
 
 
 class TokenBucket:
@@ -122,7 +132,7 @@ class LaunchPool:
 
     def __init__(
         self,
-        launcher: Launcher,
+        launcher: Launches,
         max_inflight: int,
         rate: float,
         burst: int,

@@ -1,0 +1,142 @@
+"""Wires the pipeline's actors into the runtime: who talks to whom, and in which order they start.
+
+Start order is consumption last: Publisher, TimeoutMonitor, Dispatchers, RateLimiter, Validator,
+then the QueueListener, so no delivery arrives before the actors that handle it are running. State
+that must survive an actor's restart (concurrency slots, the table of tracked tasks, the launch
+guards) is created here, outside the actors, and handed to each new instance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from orchestrator import metrics
+from orchestrator.config import LAUNCHERS, Config
+from orchestrator.coordination import LaunchMarkers, StopMarkers, connect_redis, instance_id
+from orchestrator.launch import make_launcher
+from orchestrator.launch.base import Launcher
+from orchestrator.launch.guard import GuardedLauncher
+from orchestrator.runtime.health import HealthBoard
+from orchestrator.runtime.supervisor import Supervisor
+from orchestrator.slots import make_slot_pool
+from orchestrator.tracking import TaskTable
+
+log = logging.getLogger(__name__)
+
+PUBLISHER: Final = "publisher"
+MONITOR: Final = "timeout_monitor"
+RATE_LIMITER: Final = "rate_limiter"
+VALIDATOR: Final = "validator"
+LISTENER: Final = "queue_listener"
+
+
+def dispatcher_name(launcher: str) -> str:
+    """The actor name of ``launcher``'s Dispatcher, e.g. ``dispatcher.fargate``."""
+    return f"dispatcher.{launcher}"
+
+
+def launchers_in_use(config: Config) -> list[str]:
+    """The launch types some job type is configured to use (the default one always)."""
+    used = {config.launcher.default} | {t.launcher for t in config.types.values() if t.launcher}
+    return [name for name in LAUNCHERS if name in used]
+
+
+def register_pipeline(
+    supervisor: Supervisor,
+    board: HealthBoard,
+    config: Config,
+    *,
+    launcher_factory: Callable[[str, Config], Launcher] = make_launcher,
+) -> None:
+    """Add every pipeline actor to ``supervisor`` in start order.
+
+    Args:
+        supervisor: the runtime's supervisor.
+        board: the health board the actors report their dependencies to.
+        config: the effective configuration.
+        launcher_factory: builds the launcher of each launch type (tests swap in instant ones).
+    """
+    # Imported here: the actors import this package's modules, not the other way round.
+    from actors.dispatcher import DispatcherActor
+    from actors.publisher import PublisherActor
+    from actors.queue_listener import QueueListenerActor
+    from actors.rate_limiter import RateLimiterActor
+    from actors.timeout_monitor import TimeoutMonitorActor
+    from actors.validator import ValidatorActor
+
+    me = instance_id()
+    log.info("instance id %s", me)
+    client = connect_redis(config.redis)
+    prefix = config.redis.key_prefix
+
+    def redis_connectivity(ok: bool, detail: str) -> None:
+        board.set_dependency("redis", ok, detail)
+        metrics.REDIS_CONNECTED.set(1 if ok else 0)
+
+    stop_markers = StopMarkers(client, prefix)
+    launch_markers = LaunchMarkers(client, prefix)
+    slots = make_slot_pool(config, me, client, redis_connectivity)
+    launchers = {name: launcher_factory(name, config) for name in launchers_in_use(config)}
+    guards = {name: GuardedLauncher(launcher, me, launch_markers) for name, launcher in launchers.items()}
+    table = TaskTable()
+
+    # Factories run at start_all, once every actor is added, so each can look up the handles of
+    # actors added after it (the pipeline has cycles: dispatch -> monitor -> rate limiter -> dispatch).
+    handle = supervisor.handle
+
+    supervisor.add(PUBLISHER, lambda r: PublisherActor.start(r, config, board, handle(LISTENER)))
+    supervisor.add(
+        MONITOR,
+        lambda r: TimeoutMonitorActor.start(
+            r,
+            config,
+            launchers,
+            guards,
+            table,
+            handle(PUBLISHER),
+            handle(RATE_LIMITER),
+            handle(LISTENER),
+            stop_markers,
+        ),
+        depends_on=[PUBLISHER],
+    )
+    for name in launchers:
+        supervisor.add(
+            dispatcher_name(name),
+            lambda r, name=name: DispatcherActor.start(  # type: ignore[misc]
+                r, config, guards[name], me, handle(PUBLISHER), handle(MONITOR), handle(RATE_LIMITER)
+            ),
+            depends_on=[PUBLISHER, MONITOR],
+        )
+    supervisor.add(
+        RATE_LIMITER,
+        lambda r: RateLimiterActor.start(
+            r,
+            config,
+            slots,
+            {name: handle(dispatcher_name(name)) for name in launchers},
+            handle(PUBLISHER),
+            handle(LISTENER),
+        ),
+        depends_on=[dispatcher_name(name) for name in launchers],
+    )
+    supervisor.add(
+        VALIDATOR,
+        lambda r: ValidatorActor.start(
+            r,
+            config,
+            handle(PUBLISHER),
+            handle(RATE_LIMITER),
+            handle(MONITOR),
+            handle(LISTENER),
+            stop_markers,
+        ),
+        depends_on=[RATE_LIMITER, MONITOR, PUBLISHER],
+    )
+    supervisor.add(
+        LISTENER,
+        lambda r: QueueListenerActor.start(r, config, board, handle(VALIDATOR), handle(RATE_LIMITER)),
+        depends_on=[VALIDATOR],
+    )

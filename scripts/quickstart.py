@@ -1,0 +1,176 @@
+"""Run the whole pipeline on this machine: orchestrator + local launcher + reference worker.
+
+Creates a small git repository to build (the examples name GitHub repositories, which a machine
+without network cannot clone), points the example jobs at it, starts ``orchestrator run``, submits
+each job with ``orchestrator submit --wait`` and stops the orchestrator gracefully at the end.
+Everything it writes is under ``var/quickstart/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+HEALTH_WAIT_SECONDS = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def git(*args: str, cwd: Path) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=quickstart", "-c", "user.email=quickstart@localhost", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+def make_demo_repository(path: Path) -> str:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    (path / "Dockerfile").write_text('FROM alpine:3.20\nCMD ["echo", "hello from blacktree"]\n')
+    (path / "docker-compose.yml").write_text("services:\n  app:\n    build: .\n    ports: ['3000:3000']\n")
+    git("init", "-q", "-b", "main", cwd=path)
+    git("add", ".", cwd=path)
+    git("commit", "-q", "-m", "demo app", cwd=path)
+    return f"file://{path}"
+
+
+def write_config(work: Path, port: int) -> Path:
+    run_id = f"quickstart.{os.getpid()}"
+    config = work / "orchestrator.ini"
+    config.write_text(
+        f"""[broker]
+exchange = {run_id}
+execute_queue = {run_id}.execute
+dlq = {run_id}.dlq
+retry_queue_prefix = {run_id}.retry
+queue_type = classic
+
+[status]
+queue = {run_id}.status
+redis_channel = {run_id}.status
+
+[redis]
+key_prefix = {run_id}
+
+[launcher]
+default = local
+
+[local]
+state_dir = {work / "state"}
+
+[limits]
+poll_seconds = 0.5
+retry_delays = 2
+
+[validation]
+allow_file_repos = true
+
+[http]
+host = 127.0.0.1
+port = {port}
+"""
+    )
+    return config
+
+
+def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + HEALTH_WAIT_SECONDS
+    url = f"http://127.0.0.1:{port}/health"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"❌ the orchestrator exited with {process.returncode}; see its log")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    print(f"✅ orchestrator healthy at {url}")
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"❌ {url} did not answer 200 within {HEALTH_WAIT_SECONDS:.0f} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each job")
+    args = parser.parse_args()
+
+    work = ROOT / "var" / "quickstart"
+    work.mkdir(parents=True, exist_ok=True)
+    repository = make_demo_repository(work / "demo-app")
+    port = free_port()
+    config = write_config(work, port)
+    log_path = work / "orchestrator.log"
+    print(f"🔄 starting the orchestrator (log: {log_path.relative_to(ROOT)})")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(BIN / "orchestrator"), "run", "--config", str(config)], stdout=log, stderr=log
+        )
+    results: list[tuple[str, int]] = []
+    try:
+        wait_healthy(port, process)
+        jobs = work / "jobs"
+        jobs.mkdir(exist_ok=True)
+        for name in ("build", "test", "deploy"):
+            job = json.loads((ROOT / "examples" / f"{name}.json").read_text())
+            job["repository"] = repository
+            job["deploymentId"] = f"quickstart-{name}-{os.getpid()}"
+            path = jobs / f"{name}.json"
+            path.write_text(json.dumps(job))
+            print(f"\n🔄 {name}: orchestrator submit --wait {path.relative_to(ROOT)}")
+            code = subprocess.call(
+                [
+                    str(BIN / "orchestrator"),
+                    "submit",
+                    "--wait",
+                    "--timeout",
+                    str(args.timeout),
+                    "--config",
+                    str(config),
+                    str(path),
+                ]
+            )
+            results.append((name, code))
+        print("\n🔄 an attack is rejected before it reaches a worker:")
+        code = subprocess.call(
+            [
+                str(BIN / "orchestrator"),
+                "validate",
+                str(ROOT / "examples" / "invalid" / "credentials-in-url.json"),
+            ]
+        )
+        results.append(("rejected attack (exit 2 expected)", code))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    print(f"\n✅ orchestrator stopped (exit {process.returncode})")
+    print("\nsummary:")
+    for name, code in results:
+        print(f"  {'✅' if code in (0, 2) else '❌'} {name}: exit {code}")
+    ok = all(code == 0 for name, code in results[:-1]) and results[-1][1] == 2 and process.returncode == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
