@@ -166,8 +166,12 @@ class PublisherActor(SupervisedActor):
         elif not batch.failed:
             for event in batch.publish.events:
                 _log_event(event)
-        if not batch.failed and batch.publish.ack is not None:
+        if batch.failed:
+            return
+        if batch.publish.ack is not None:
             self._listener.tell(Ack(batch.publish.ack))
+        if batch.publish.after is not None:
+            batch.publish.after()
 
 
 _STATUS_EMOJI = {

@@ -6,10 +6,9 @@ import logging
 from typing import Any
 
 from orchestrator import metrics
-from orchestrator.broker.consumer import ATTEMPT_HEADER
+from orchestrator.broker.consumer import ATTEMPT_HEADER, Delivery
 from orchestrator.commands import Ack, Admit, Incoming, Outgoing, Publish, StopRequest
 from orchestrator.config import Config
-from orchestrator.coordination import StopMarkers
 from orchestrator.errors import OrchestratorError
 from orchestrator.events import make_event
 from orchestrator.logs import WARNING, emoji
@@ -18,6 +17,7 @@ from orchestrator.redaction import redact_text
 from orchestrator.retry import REASON_CLASS_HEADER, REASON_HEADER
 from orchestrator.runtime.actor import ActorReporter, SupervisedActor
 from orchestrator.runtime.supervisor import ActorHandle
+from orchestrator.shared import Coordination
 from orchestrator.validation import JobValidator, Rejection
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class ValidatorActor(SupervisedActor):
         rate_limiter: ActorHandle,
         monitor: ActorHandle,
         listener: ActorHandle,
-        stop_markers: StopMarkers | None,
+        coordination: Coordination,
     ) -> None:
         super().__init__(reporter)
         self._config = config
@@ -51,7 +51,7 @@ class ValidatorActor(SupervisedActor):
         self._rate_limiter = rate_limiter
         self._monitor = monitor
         self._listener = listener
-        self._stop_markers = stop_markers
+        self._shared = coordination
 
     def receive(self, message: object) -> Any:
         if not isinstance(message, Incoming):
@@ -63,7 +63,7 @@ class ValidatorActor(SupervisedActor):
         elif isinstance(outcome, StopJob):
             self._monitor.tell(StopRequest(job=outcome, delivery=delivery))
         elif isinstance(outcome, SourceJob):
-            if delivery.attempt > 1 and self._cancelled(outcome):
+            if self._cancelled(outcome, delivery):
                 log.warning(
                     "%s %s: retry %d cancelled by an earlier stop",
                     outcome.type,
@@ -76,13 +76,22 @@ class ValidatorActor(SupervisedActor):
                 self._rate_limiter.tell(Admit(job=outcome, attempt=delivery.attempt, delivery=delivery))
         return None
 
-    def _cancelled(self, job: SourceJob) -> bool:
-        if self._stop_markers is None:
-            return False
+    def _cancelled(self, job: SourceJob, delivery: Delivery) -> bool:
+        """Whether a stop cancelled this job: a retry of a stopped deployment is not run again.
+
+        A first attempt is a new job: it clears an old stop of the same deployment, so that its own
+        retries are not cancelled by it.
+        """
+        markers = self._shared.stop_markers
         try:
-            return self._stop_markers.is_marked(job.deployment_id)
+            if delivery.attempt == 1:
+                if not delivery.redelivered:
+                    markers.clear(job.deployment_id)
+                return False
+            self._shared.pending_retries.take(job.deployment_id)
+            return markers.is_marked(job.deployment_id)
         except OrchestratorError as e:
-            log.warning("cannot read stop markers (%s); running the retry", e, extra=emoji(WARNING))
+            log.warning("cannot read stop markers (%s); running the job", e, extra=emoji(WARNING))
             return False
 
     def _reject(self, incoming: Incoming, rejection: Rejection) -> None:

@@ -102,6 +102,8 @@ class Publish(msgspec.Struct, frozen=True, kw_only=True):
     events: tuple[StatusEvent, ...] = ()
     messages: tuple[Outgoing, ...] = ()
     ack: Delivery | None = None
+    #: Called (on the Publisher's thread; it must only ``tell``) once every AMQP part is confirmed.
+    after: Any = None
 
 
 class Tick(msgspec.Struct, frozen=True):

@@ -22,7 +22,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, TypeAlias
 
@@ -400,6 +400,23 @@ class StopMarkers:
         with redis_errors("reading a stop marker"):
             return bool(self._client.exists(self._key(deployment_id)))
 
+    def marked_at(self, deployment_id: str) -> float | None:
+        """When the pending stop of ``deployment_id`` was asked for (epoch seconds), or None.
+
+        A stop applies to the tasks launched before it, not to a new job of the same deployment.
+
+        Raises:
+            CoordinationError: Redis is down.
+        """
+        with redis_errors("reading a stop marker"):
+            value = self._client.get(self._key(deployment_id))
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            return 0.0
+
     def clear(self, deployment_id: str) -> None:
         """Remove the marker (e.g. when a new job for the deployment is submitted after the stop).
 
@@ -408,6 +425,79 @@ class StopMarkers:
         """
         with redis_errors("clearing a stop marker"):
             self._client.delete(self._key(deployment_id))
+
+
+class PendingRetries:
+    """Which deployments have a retry waiting in a delay queue, so a ``stop`` can answer for them.
+
+    ``{prefix}:retry:<deploymentId>`` holds ``<type> <failed attempt>`` until the retry comes back
+    (or its TTL, a little past the delay, ends).
+    """
+
+    def __init__(self, client: RedisClient, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+
+    def _key(self, deployment_id: str) -> str:
+        return f"{self._prefix}:retry:{deployment_id}"
+
+    def waiting(self, deployment_id: str, job_type: str, attempt: int, ttl_seconds: int) -> None:
+        """Record that attempt ``attempt`` failed and its retry is waiting.
+
+        Raises:
+            CoordinationError: Redis is down; a stop arriving meanwhile will say there is nothing to stop.
+        """
+        with redis_errors("recording a pending retry"):
+            self._client.set(self._key(deployment_id), f"{job_type} {attempt}", ex=max(1, ttl_seconds))
+
+    def take(self, deployment_id: str) -> tuple[str, int] | None:
+        """Remove and return ``(type, failed attempt)`` of the deployment's waiting retry, if any.
+
+        Raises:
+            CoordinationError: Redis is down.
+        """
+        with redis_errors("reading a pending retry"):
+            value = self._client.getdel(self._key(deployment_id))
+        if value is None:
+            return None
+        job_type, _, attempt = reply_text(value).partition(" ")
+        return (job_type, int(attempt)) if attempt.isdigit() else None
+
+
+class DoneMarkers:
+    """Tasks whose outcome was already published, so that no adopter publishes (or retries) it again.
+
+    ECS lists a stopped task for about an hour; an adopter that finds one must know whether its owner
+    handled it before dying. ``{prefix}:done:<task id>`` says so, for ``ttl_seconds``.
+    """
+
+    def __init__(self, client: RedisClient, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+
+    def _key(self, task_id: str) -> str:
+        return f"{self._prefix}:done:{task_id}"
+
+    def mark(self, task_id: str, ttl_seconds: int) -> None:
+        """Record that ``task_id``'s outcome was handled.
+
+        Raises:
+            CoordinationError: Redis is down; an adopter could handle the outcome a second time.
+        """
+        with redis_errors("marking a task done"):
+            self._client.set(self._key(task_id), "1", ex=ttl_seconds)
+
+    def done(self, task_ids: Sequence[str]) -> set[str]:
+        """The ones of ``task_ids`` already handled (one round trip).
+
+        Raises:
+            CoordinationError: Redis is down.
+        """
+        if not task_ids:
+            return set()
+        with redis_errors("reading done markers"):
+            values = self._client.mget([self._key(t) for t in task_ids])
+        return {task_id for task_id, value in zip(task_ids, values, strict=True) if value is not None}
 
 
 # --- launch markers -------------------------------------------------------------------------------

@@ -14,17 +14,28 @@ from typing import Final
 
 from orchestrator import metrics
 from orchestrator.config import LAUNCHERS, Config
-from orchestrator.coordination import LaunchMarkers, StopMarkers, connect_redis, instance_id
+from orchestrator.coordination import (
+    DoneMarkers,
+    InstanceRegistry,
+    LaunchMarkers,
+    PendingRetries,
+    StopMarkers,
+    connect_redis,
+    instance_id,
+)
 from orchestrator.launch import make_launcher
 from orchestrator.launch.base import Launcher
 from orchestrator.launch.guard import GuardedLauncher
+from orchestrator.reconcile import Reconciler
 from orchestrator.runtime.health import HealthBoard
 from orchestrator.runtime.supervisor import Supervisor
+from orchestrator.shared import Coordination
 from orchestrator.slots import make_slot_pool
 from orchestrator.tracking import TaskTable
 
 log = logging.getLogger(__name__)
 
+INSTANCE: Final = "instance_lease"
 PUBLISHER: Final = "publisher"
 MONITOR: Final = "timeout_monitor"
 RATE_LIMITER: Final = "rate_limiter"
@@ -60,6 +71,7 @@ def register_pipeline(
     """
     # Imported here: the actors import this package's modules, not the other way round.
     from actors.dispatcher import DispatcherActor
+    from actors.instance_lease import InstanceLeaseActor
     from actors.publisher import PublisherActor
     from actors.queue_listener import QueueListenerActor
     from actors.rate_limiter import RateLimiterActor
@@ -75,18 +87,36 @@ def register_pipeline(
         board.set_dependency("redis", ok, detail)
         metrics.REDIS_CONNECTED.set(1 if ok else 0)
 
-    stop_markers = StopMarkers(client, prefix)
-    launch_markers = LaunchMarkers(client, prefix)
-    slots = make_slot_pool(config, me, client, redis_connectivity)
     launchers = {name: launcher_factory(name, config) for name in launchers_in_use(config)}
-    guards = {name: GuardedLauncher(launcher, me, launch_markers) for name, launcher in launchers.items()}
+    registry = InstanceRegistry(
+        client, prefix, me, config.limits.lease_seconds, on_connectivity=redis_connectivity
+    )
+    done_markers = DoneMarkers(client, prefix)
+    coordination = Coordination(
+        instance_id=me,
+        slots=make_slot_pool(config, me, client, redis_connectivity),
+        stop_markers=StopMarkers(client, prefix),
+        pending_retries=PendingRetries(client, prefix),
+        done_markers=done_markers,
+        launch_markers=LaunchMarkers(client, prefix),
+        registry=registry,
+        reconciler=Reconciler(launchers, registry, done_markers, me),
+    )
+    slots = coordination.slots
+    guards = {
+        name: GuardedLauncher(launcher, me, coordination.launch_markers)
+        for name, launcher in launchers.items()
+    }
     table = TaskTable()
 
     # Factories run at start_all, once every actor is added, so each can look up the handles of
     # actors added after it (the pipeline has cycles: dispatch -> monitor -> rate limiter -> dispatch).
     handle = supervisor.handle
 
-    supervisor.add(PUBLISHER, lambda r: PublisherActor.start(r, config, board, handle(LISTENER)))
+    supervisor.add(INSTANCE, lambda r: InstanceLeaseActor.start(r, registry))
+    supervisor.add(
+        PUBLISHER, lambda r: PublisherActor.start(r, config, board, handle(LISTENER)), depends_on=[INSTANCE]
+    )
     supervisor.add(
         MONITOR,
         lambda r: TimeoutMonitorActor.start(
@@ -95,10 +125,8 @@ def register_pipeline(
             launchers,
             guards,
             table,
-            handle(PUBLISHER),
-            handle(RATE_LIMITER),
-            handle(LISTENER),
-            stop_markers,
+            coordination,
+            {name: handle(name) for name in (PUBLISHER, RATE_LIMITER, LISTENER)},
         ),
         depends_on=[PUBLISHER],
     )
@@ -131,7 +159,7 @@ def register_pipeline(
             handle(RATE_LIMITER),
             handle(MONITOR),
             handle(LISTENER),
-            stop_markers,
+            coordination,
         ),
         depends_on=[RATE_LIMITER, MONITOR, PUBLISHER],
     )

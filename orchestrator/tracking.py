@@ -29,7 +29,8 @@ class Tracked(msgspec.Struct, kw_only=True):
     """One task being followed. Mutable: only the TimeoutMonitor's thread touches it."""
 
     handle: TaskHandle
-    job: SourceJob
+    #: None for an adopted task whose job could not be rebuilt (it can end, but not be retried).
+    job: SourceJob | None
     seen_running: bool = False
     stop_kind: StopKind | None = None
     stop_reason: str | None = None
@@ -78,12 +79,16 @@ class TaskTable:
     def __iter__(self) -> Iterator[Tracked]:
         return iter(list(self._tasks.values()))
 
-    def add(self, handle: TaskHandle, job: SourceJob) -> bool:
+    def add(self, handle: TaskHandle, job: SourceJob | None) -> bool:
         """Start following ``handle``. Returns False when it was already followed (an adoption)."""
         if handle.task_id in self._tasks:
             return False
         self._tasks[handle.task_id] = Tracked(handle=handle, job=job)
         return True
+
+    def task_ids(self) -> frozenset[str]:
+        """The ids of every followed task."""
+        return frozenset(self._tasks)
 
     def get(self, task_id: str) -> Tracked | None:
         """The tracked task with ``task_id``, if followed."""

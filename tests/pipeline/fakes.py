@@ -32,10 +32,16 @@ class InstantLauncher:
         run_seconds: float = 0.0,
         exit_code: int = 0,
         exit_codes: dict[str, int] | None = None,
+        pending_seconds: float = 0.0,
+        stop_reasons: dict[str, str] | None = None,
+        vanish: set[str] | None = None,
         gate: threading.Event | None = None,
     ) -> None:
         self.name = name
         self.run_seconds = run_seconds
+        self.pending_seconds = pending_seconds
+        self.stop_reasons = stop_reasons or {}
+        self.vanish = vanish or set()
         self.exit_code = exit_code
         self.exit_codes = exit_codes or {}
         self.gate = gate
@@ -67,13 +73,21 @@ class InstantLauncher:
         with self._lock:
             self.requests.append(request)
             self._tasks[handle.task_id] = (handle, job)
-            self.intervals[handle.task_id] = (now, now + self.run_seconds)
+            self.intervals[handle.task_id] = (now, now + self.pending_seconds + self.run_seconds)
         return handle
 
     @property
     def launches(self) -> int:
         with self._lock:
             return len(self.requests)
+
+    def intervals_by_request(self, request: LaunchRequest) -> tuple[float, float]:
+        """The (launch, end) times of the task launched for ``request``."""
+        with self._lock:
+            for task_id, (handle, _) in self._tasks.items():
+                if (handle.deployment_id, handle.attempt) == (request.job.deployment_id, request.attempt):
+                    return self.intervals[task_id]
+        raise KeyError(request)
 
     def max_overlap(self) -> int:
         """The most tasks that were "running" at the same instant."""
@@ -101,11 +115,21 @@ class InstantLauncher:
         states = []
         with self._lock:
             for handle in handles:
+                start, end = self.intervals.get(handle.task_id, (now, now))
                 if handle.task_id in self.stopped:
                     states.append(TaskState(handle=handle, phase="stopped", exit_code=143))
-                elif handle.task_id not in self._tasks:
+                elif handle.task_id not in self._tasks or handle.deployment_id in self.vanish:
                     states.append(TaskState(handle=handle, phase="missing", reason="MISSING"))
-                elif now >= self.intervals[handle.task_id][1]:
+                elif now < start + self.pending_seconds:
+                    states.append(TaskState(handle=handle, phase="pending"))
+                elif now >= end:
+                    if handle.deployment_id in self.stop_reasons:
+                        states.append(
+                            TaskState(
+                                handle=handle, phase="stopped", reason=self.stop_reasons[handle.deployment_id]
+                            )
+                        )
+                        continue
                     code = self.exit_codes.get(handle.deployment_id, self.exit_code)
                     states.append(TaskState(handle=handle, phase="stopped", exit_code=code))
                 else:
