@@ -1,0 +1,133 @@
+"""Every Prometheus metric of the orchestrator, defined once here as module-level objects.
+
+Names follow Prometheus conventions: ``orchestrator_`` prefix, counters end in ``_total``, durations are
+``_seconds`` histograms, values in base units, and labels have few values (a launcher, an outcome, an
+actor name) — never a deployment id or a task ARN, which would make one series per job.
+
+Label values that form a closed set are initialised here, so their series exist (at 0) from the start
+and dashboards and alerts need no "absent" special cases.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from orchestrator import __version__
+from orchestrator.config import LAUNCHERS
+
+# The ``*_created`` series (start time of each counter) double the series count for no use here:
+# Prometheus detects counter resets without them.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+
+#: ``orchestrator_jobs_finished_total{outcome}`` values.
+OUTCOMES: Final = ("succeeded", "failed", "stopped", "rejected", "timed_out")
+#: ``orchestrator_timeouts_total{kind}`` values: never reached RUNNING, or ran past its maximum runtime.
+TIMEOUT_KINDS: Final = ("start", "runtime")
+#: ``orchestrator_launch_errors_total{kind}`` values (see orchestrator.errors' LaunchError subclasses).
+LAUNCH_ERROR_KINDS: Final = ("throttled", "capacity", "permanent")
+
+#: Receive -> dispatched: from one millisecond to a minute.
+DISPATCH_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
+#: Dispatched -> terminal: from one second to four hours.
+JOB_DURATION_BUCKETS: Final = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
+
+BUILD_INFO: Final = Gauge("orchestrator_build_info", "Always 1; the version is the label.", ["version"])
+
+JOBS_RECEIVED: Final = Counter("orchestrator_jobs_received_total", "Job deliveries taken from the queue.")
+JOBS_REJECTED: Final = Counter(
+    "orchestrator_jobs_rejected_total", "Jobs rejected as invalid, by class of reason.", ["reason_class"]
+)
+JOBS_DISPATCHED: Final = Counter(
+    "orchestrator_jobs_dispatched_total", "Worker tasks launched (or adopted), by launcher.", ["launcher"]
+)
+JOBS_FINISHED: Final = Counter(
+    "orchestrator_jobs_finished_total", "Jobs that reached their terminal state, by outcome.", ["outcome"]
+)
+DISPATCH_LATENCY: Final = Histogram(
+    "orchestrator_dispatch_latency_seconds",
+    "Time from receiving a job to its worker task being dispatched.",
+    buckets=DISPATCH_LATENCY_BUCKETS,
+)
+JOB_DURATION: Final = Histogram(
+    "orchestrator_job_duration_seconds",
+    "Time from dispatch to the terminal state, by launcher.",
+    ["launcher"],
+    buckets=JOB_DURATION_BUCKETS,
+)
+JOBS_RUNNING: Final = Gauge("orchestrator_jobs_running", "Worker tasks this process is tracking now.")
+JOBS_WAITING: Final = Gauge("orchestrator_jobs_waiting", "Jobs waiting for a concurrency slot.")
+RETRIES: Final = Counter("orchestrator_retries_total", "Jobs scheduled for another attempt.")
+TIMEOUTS: Final = Counter(
+    "orchestrator_timeouts_total", "Tasks stopped for a timeout, by kind (start, runtime).", ["kind"]
+)
+ACTOR_RESTARTS: Final = Counter(
+    "orchestrator_actor_restarts_total", "Actors restarted by the supervisor after a crash.", ["actor"]
+)
+STATUS_EVENTS_PUBLISHED: Final = Counter(
+    "orchestrator_status_events_published_total",
+    "Status events handed to a sink, by sink and outcome.",
+    ["sink", "outcome"],
+)
+BROKER_CONNECTED: Final = Gauge(
+    "orchestrator_broker_connected", "1 when the consuming AMQP connection is up."
+)
+REDIS_CONNECTED: Final = Gauge("orchestrator_redis_connected", "1 when Redis answers.")
+LAUNCH_ERRORS: Final = Counter(
+    "orchestrator_launch_errors_total",
+    "Failed launches, by launcher and kind (throttled, capacity, permanent).",
+    ["launcher", "kind"],
+)
+LAUNCHES_INFLIGHT: Final = Gauge(
+    "orchestrator_launches_inflight", "Launch calls in progress, by launcher.", ["launcher"]
+)
+ECS_API_CALLS: Final = Counter(
+    "orchestrator_ecs_api_calls_total", "Calls to the ECS API, by operation.", ["operation"]
+)
+
+
+def _initialise_closed_label_sets() -> None:
+    BUILD_INFO.labels(version=__version__).set(1)
+    for outcome in OUTCOMES:
+        JOBS_FINISHED.labels(outcome=outcome)
+    for kind in TIMEOUT_KINDS:
+        TIMEOUTS.labels(kind=kind)
+    for launcher in LAUNCHERS:
+        JOBS_DISPATCHED.labels(launcher=launcher)
+        JOB_DURATION.labels(launcher=launcher)
+        LAUNCHES_INFLIGHT.labels(launcher=launcher)
+        for kind in LAUNCH_ERROR_KINDS:
+            LAUNCH_ERRORS.labels(launcher=launcher, kind=kind)
+
+
+_initialise_closed_label_sets()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every registered metric, and its content type (for ``GET /metrics``)."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,1 @@
+"""Tests of the actor runtime: supervision, /health, /metrics, signals, supervisord."""
