@@ -77,7 +77,9 @@ class PublisherActor(SupervisedActor):
             self._redis = RedisStatusSink(
                 self._config.redis,
                 self._config.status,
-                on_connectivity=lambda ok, detail: self._board.set_dependency("status.redis", ok, detail),
+                on_connectivity=lambda ok, detail: self._board.set_dependency(
+                    "status.redis", ok, detail, required=False
+                ),
             )
             self._redis.start()
 

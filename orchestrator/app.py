@@ -29,6 +29,7 @@ from orchestrator.config import Config
 from orchestrator.errors import OrchestratorError
 from orchestrator.http import HttpServer
 from orchestrator.logs import FAILURE, PROGRESS, SUCCESS, WARNING, emoji
+from orchestrator.pipeline import register_pipeline
 from orchestrator.runtime.health import HealthBoard
 from orchestrator.runtime.supervisor import Supervisor
 
@@ -50,14 +51,14 @@ WAIT_POLL_SECONDS: Final = 1.0
 #: ``registration(supervisor, board, config)`` adds actors with ``supervisor.add(...)``.
 ActorRegistration = Callable[[Supervisor, HealthBoard, Config], None]
 
-#: What :func:`run` registers by default, in order. The pipeline appends its registration here.
-ACTOR_REGISTRATIONS: list[ActorRegistration] = []
+#: What :func:`run` registers by default, in order: the job pipeline.
+ACTOR_REGISTRATIONS: list[ActorRegistration] = [register_pipeline]
 
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
 
 def register_default_actors(supervisor: Supervisor, board: HealthBoard, config: Config) -> None:
-    """Call every function of :data:`ACTOR_REGISTRATIONS` (none yet: the runtime runs without actors)."""
+    """Call every function of :data:`ACTOR_REGISTRATIONS`."""
     for registration in ACTOR_REGISTRATIONS:
         registration(supervisor, board, config)
 

@@ -83,8 +83,16 @@ def register_pipeline(
     client = connect_redis(config.redis)
     prefix = config.redis.key_prefix
 
+    # Without the broker nothing flows: /health is 503 until the consumer has connected. Redis is
+    # required only for a global concurrency limit; without it the process works on, degraded
+    # (no cross-process duplicate guard or stop markers), and /health says so in its body.
+    redis_required = config.limits.global_max_concurrent is not None
+    board.set_dependency("broker", False, "not connected yet")
+    if "amqp" in config.status.sinks:
+        board.set_dependency("status.amqp", False, "not connected yet")
+
     def redis_connectivity(ok: bool, detail: str) -> None:
-        board.set_dependency("redis", ok, detail)
+        board.set_dependency("redis", ok, detail, required=redis_required)
         metrics.REDIS_CONNECTED.set(1 if ok else 0)
 
     launchers = {name: launcher_factory(name, config) for name in launchers_in_use(config)}

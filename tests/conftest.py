@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import Iterator
 
 import msgspec
 import pika
 import pytest
 import redis
-from support import AMQP_URL, REDIS_URL, unique
+from support import AMQP_URL, REDIS_URL, RUN_ID, unique
 
 from orchestrator.config import Config, load_config
 
@@ -90,6 +91,56 @@ def _delete_queues(config: Config) -> None:
         channel = connection.channel()
         with contextlib.suppress(pika.exceptions.AMQPError):
             channel.exchange_delete(config.broker.exchange)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_what_this_run_left() -> Iterator[None]:
+    """At the end of the session, delete every queue, exchange and Redis key named after this run.
+
+    Tests clean up after themselves; this catches what real ``orchestrator run`` processes declared.
+    """
+    yield
+    prefix = f"t.{RUN_ID}."
+    _delete_broker_objects(prefix)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
+
+
+def _delete_broker_objects(prefix: str) -> None:
+    listed: dict[str, list[str]] = {}
+    for kind in ("queues", "exchanges"):
+        try:
+            out = subprocess.run(
+                ["rabbitmqctl", "-q", f"list_{kind}", "name"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        listed[kind] = [line.strip() for line in out.splitlines() if line.strip().startswith(prefix)]
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    except pika.exceptions.AMQPError:
+        return
+    try:
+        for name in listed["queues"]:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.channel().queue_delete(name)
+        for name in listed["exchanges"]:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.channel().exchange_delete(name)
     finally:
         if connection.is_open:
             connection.close()

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from support import unique
+
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +63,12 @@ def health_or_none(port: int) -> tuple[int, dict[str, Any]] | None:
         return None
 
 
+def healthy_or_none(port: int) -> tuple[int, dict[str, Any]] | None:
+    """:func:`get_health` once it answers 200 (the process has connected to what it needs), else None."""
+    answer = health_or_none(port)
+    return answer if answer is not None and answer[0] == 200 else None
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:
@@ -76,9 +84,28 @@ def clean_environ(**extra: str) -> dict[str, str]:
 
 
 def write_config(path: Path, sections: dict[str, dict[str, object]]) -> Path:
-    """Write an INI config file for a test process."""
-    lines: list[str] = []
+    """Write an INI config file for a test process.
+
+    The pipeline runs in every ``orchestrator run``, so the file always names queues, channels and
+    keys of this test alone (``sections`` can still override any key).
+    """
+    base = unique("app")
+    merged: dict[str, dict[str, object]] = {
+        "broker": {
+            "exchange": f"{base}.x",
+            "execute_queue": f"{base}.execute",
+            "dlq": f"{base}.dlq",
+            "retry_queue_prefix": f"{base}.retry",
+            "queue_type": "classic",
+        },
+        "status": {"queue": f"{base}.status", "redis_channel": f"{base}.status"},
+        "redis": {"key_prefix": base},
+        "local": {"state_dir": str(path.parent / "state")},
+    }
     for section, values in sections.items():
+        merged.setdefault(section, {}).update(values)
+    lines: list[str] = []
+    for section, values in merged.items():
         lines.append(f"[{section}]")
         lines += [f"{key} = {value}" for key, value in values.items()]
         lines.append("")

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,11 @@ from orchestrator.app import EXIT_OK, EXIT_RESTART_BUDGET_EXCEEDED, EXIT_STARTUP
 from .helpers import ORCHESTRATOR_COMMAND, OrchestratorProcess, get_health, wait_until, write_config
 
 EXIT_TIMEOUT = 30.0
+
+
+def _healthy(port: int) -> tuple[int, dict[str, Any]] | None:
+    status, body = get_health(port)
+    return (status, body) if status == 200 else None
 
 
 def config_file(tmp_path: Path, port: int = 0, drain_seconds: float = 5.0) -> Path:
@@ -62,8 +68,19 @@ def test_the_real_command_serves_health_logs_stacks_on_sigusr1_and_drains_on_a_s
         processes, tmp_path, str(ORCHESTRATOR_COMMAND), "run", "--config", str(config_file(tmp_path))
     )
     port = orchestrator.wait_for_port()
-    status, body = get_health(port)
-    assert (status, body["status"], body["actors"]) == (200, "ok", {})
+    status, body = wait_until(lambda: _healthy(port), timeout=30, what="/health 200 once connected")
+    assert (status, body["status"]) == (200, "ok")
+    assert set(body["actors"]) == {
+        "instance_lease",
+        "publisher",
+        "timeout_monitor",
+        "dispatcher.local",
+        "rate_limiter",
+        "validator",
+        "queue_listener",
+    }
+    assert {actor["state"] for actor in body["actors"].values()} == {"running"}
+    assert body["dependencies"]["broker"]["ok"] is True
 
     orchestrator.signal(signal.SIGUSR1)
     orchestrator.wait_for_log(r"stacks of \d+ threads \(SIGUSR1\)")

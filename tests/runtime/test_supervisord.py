@@ -29,6 +29,7 @@ from .helpers import (
     VENV_BIN,
     clean_environ,
     health_or_none,
+    healthy_or_none,
     wait_until,
     write_config,
 )
@@ -157,7 +158,7 @@ def test_supervisord_runs_restarts_and_stops_the_project_program(short_tmp: Path
     supervisord = Supervisord(short_tmp, program)
     try:
         # When supervisord starts it, /health answers
-        assert wait_until(lambda: health_or_none(port), timeout=30, what="/health")[0] == 200
+        assert wait_until(lambda: healthy_or_none(port), timeout=30, what="/health")[0] == 200
         wait_until(lambda: supervisord.state() == "RUNNING", timeout=30, what="RUNNING (after startsecs)")
         first_pid = supervisord.pid()
 
@@ -167,7 +168,7 @@ def test_supervisord_runs_restarts_and_stops_the_project_program(short_tmp: Path
         wait_until(
             lambda: health_or_none(port) is None, timeout=10, what="the killed process to stop answering"
         )
-        status, _ = wait_until(lambda: health_or_none(port), timeout=30, what="/health after kill -9")
+        status, _ = wait_until(lambda: healthy_or_none(port), timeout=30, what="/health 200 after kill -9")
         recovery = time.monotonic() - killed_at
         print(f"\nkill -9 -> /health answering {status} again: {recovery:.2f} s")
         assert status == 200

@@ -1,0 +1,117 @@
+"""Kill the orchestrator (SIGKILL, real processes, real worker processes): nothing is forgotten,
+nothing is launched twice."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import Config
+from orchestrator.messages import BuildJob, encode
+
+from .harness import EventCollector, publish, wait_until, with_overrides
+from .processes import OrchestratorProcess
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+WORKER_SECONDS = 4
+
+
+def git_repository(path: Path) -> str:
+    path.mkdir()
+    (path / "Dockerfile").write_text("FROM alpine:3.20\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "app"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", *args],
+            cwd=path,
+            check=True,
+            timeout=30,
+        )
+    return f"file://{path}"
+
+
+@pytest.fixture
+def recovery_config(pipeline_config: Config, tmp_path: Path) -> Config:
+    return with_overrides(
+        pipeline_config,
+        limits__lease_seconds=2,
+        limits__poll_seconds=0.2,
+        limits__max_attempts=1,
+        validation__allow_file_repos=True,
+        local__state_dir=str(tmp_path / "state"),
+    )
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[list[OrchestratorProcess]]:
+    started: list[OrchestratorProcess] = []
+    yield started
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            process.stop()
+    # Leave no worker behind: every task of these tests sleeps a few seconds at most.
+    subprocess.run(["pkill", "-f", "--", str(tmp_path / "state")], check=False)
+
+
+def spawn(
+    config: Config, tmp_path: Path, started: list[OrchestratorProcess], name: str
+) -> OrchestratorProcess:
+    process = OrchestratorProcess(
+        config, tmp_path / f"{name}.log", extra_env={"WORKER_SLEEP_SECONDS": str(WORKER_SECONDS)}
+    ).start()
+    started.append(process)
+    process.wait_healthy()
+    return process
+
+
+def worker_logs(config: Config) -> list[Path]:
+    return sorted((Path(config.local.state_dir) / "logs").glob("*.log"))
+
+
+def test_a_restarted_orchestrator_adopts_the_tasks_of_the_killed_one(
+    recovery_config: Config, tmp_path: Path, processes: list[OrchestratorProcess]
+) -> None:
+    repository = git_repository(tmp_path / "app")
+    ids = [f"kill-{n}" for n in range(3)]
+    with EventCollector(recovery_config) as events:
+        first = spawn(recovery_config, tmp_path, processes, "first")
+        for deployment_id in ids:
+            publish(recovery_config, encode(BuildJob(deployment_id=deployment_id, repository=repository)))
+        wait_until(lambda: all("running" in events.statuses(d) for d in ids), 60, "every task running")
+        # When the orchestrator dies while its workers run
+        first.kill9()
+        spawn(recovery_config, tmp_path, processes, "second")
+        # Then the new one follows them to their end
+        for deployment_id in ids:
+            final = events.wait_terminal(deployment_id, timeout=60)
+            assert final.status == "succeeded", (final, processes[-1].log())
+    assert len(worker_logs(recovery_config)) == 3, "each job's worker was launched exactly once"
+    for deployment_id in ids:
+        dispatched = [e for e in events.events(deployment_id) if e.status == "dispatched"]
+        assert len({e.task_arn for e in dispatched}) == 1
+
+
+def test_when_one_of_two_orchestrators_is_killed_the_other_adopts_its_tasks(
+    recovery_config: Config, tmp_path: Path, processes: list[OrchestratorProcess]
+) -> None:
+    repository = git_repository(tmp_path / "app")
+    ids = [f"pair-{n}" for n in range(6)]
+    with EventCollector(recovery_config) as events:
+        victim = spawn(recovery_config, tmp_path, processes, "victim")
+        survivor = spawn(recovery_config, tmp_path, processes, "survivor")
+        for deployment_id in ids:
+            publish(recovery_config, encode(BuildJob(deployment_id=deployment_id, repository=repository)))
+        wait_until(lambda: all("running" in events.statuses(d) for d in ids), 60, "every task running")
+        killed_at = time.monotonic()
+        victim.kill9()
+        for deployment_id in ids:
+            final = events.wait_terminal(deployment_id, timeout=60)
+            assert final.status == "succeeded", (final, survivor.log())
+        adopted = survivor.log().count("following adopted task")
+        print(f"adopted {adopted} task(s); all ended {time.monotonic() - killed_at:.1f} s after the SIGKILL")
+    assert len(worker_logs(recovery_config)) == len(ids), "no task launched twice"
+    assert 1 <= adopted <= len(ids), "the survivor adopted the victim's tasks"
