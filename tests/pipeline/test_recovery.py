@@ -4,6 +4,7 @@ nothing is launched twice."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +116,45 @@ def test_when_one_of_two_orchestrators_is_killed_the_other_adopts_its_tasks(
         print(f"adopted {adopted} task(s); all ended {time.monotonic() - killed_at:.1f} s after the SIGKILL")
     assert len(worker_logs(recovery_config)) == len(ids), "no task launched twice"
     assert 1 <= adopted <= len(ids), "the survivor adopted the victim's tasks"
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    points = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in points:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_the_global_limit_holds_across_two_processes(
+    recovery_config: Config, tmp_path: Path, processes: list[OrchestratorProcess]
+) -> None:
+    # Given two processes that each could run 10, sharing a global limit of 2
+    intervals = tmp_path / "intervals"
+    intervals.mkdir()
+    worker = Path(__file__).with_name("interval_worker.py")
+    config = with_overrides(
+        recovery_config,
+        limits__max_concurrent=10,
+        limits__global_max_concurrent=2,
+        local__command=f"{sys.executable} {worker}",
+    )
+    env = {"INTERVAL_DIR": str(intervals), "INTERVAL_SECONDS": "1"}
+    for name in ("one", "two"):
+        process = OrchestratorProcess(config, tmp_path / f"{name}.log", extra_env=env).start()
+        processes.append(process)
+        process.wait_healthy()
+    ids = [f"global-{n}" for n in range(8)]
+    # When eight jobs arrive
+    with EventCollector(config) as events:
+        for deployment_id in ids:
+            publish(
+                config, encode(BuildJob(deployment_id=deployment_id, repository="https://github.com/a/b"))
+            )
+        for deployment_id in ids:
+            assert events.wait_terminal(deployment_id, timeout=90).status == "succeeded"
+    # Then never more than two ran at once, and both processes did some of the work
+    ran = [tuple(map(float, (intervals / d).read_text().split())) for d in ids]
+    assert max_overlap(ran) == 2  # type: ignore[arg-type]
+    assert all("launched as" in p.log() for p in processes), "both processes launched jobs"
