@@ -36,6 +36,7 @@ from typing import Any, Final, Literal
 import boto3
 from botocore.config import Config as BotoConfig
 
+from orchestrator import metrics
 from orchestrator.config import Config
 from orchestrator.errors import CapacityError, ConfigError, LaunchError, PermanentLaunchError
 from orchestrator.launch.base import (
@@ -239,6 +240,7 @@ class EcsLauncher:
     def _call(self, operation: str, method: Callable[..., Any], **params: Any) -> Any:
         with self._calls_lock:
             self.api_calls[operation] += 1
+            metrics.ECS_API_CALLS.labels(operation=operation).inc()
         try:
             return method(**params)
         except Exception as e:

@@ -15,6 +15,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ecs.models import ecs_backends
 from moto.moto_api import state_manager
 
+from orchestrator import metrics
 from orchestrator.errors import CapacityError, ConfigError, PermanentLaunchError, ThrottledError
 from orchestrator.launch.base import LaunchRequest, TaskHandle, client_token, make_launcher
 from orchestrator.launch.ecs import EcsLauncher
@@ -553,10 +554,13 @@ def test_describe_of_250_tasks_makes_3_calls(ecs_world: EcsWorld) -> None:
     handles = [launcher.launch(request_for(f"dep-{i}")) for i in range(250)]
     launcher.api_calls.clear()
     sent = capture(launcher, "DescribeTasks")
+    exported = metrics.ECS_API_CALLS.labels(operation="DescribeTasks")
+    before = exported._value.get()
 
     states = launcher.describe(handles)
 
     assert launcher.api_calls == {"DescribeTasks": 3}
+    assert exported._value.get() - before == 3, "the calls are exported as orchestrator_ecs_api_calls_total"
     assert [len(params["tasks"]) for params in sent] == [100, 100, 50]
     assert [s.handle for s in states] == handles
     assert {s.phase for s in states} == {"running"}
