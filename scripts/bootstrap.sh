@@ -13,8 +13,12 @@ fi
 stamp=.venv/.installed-$(cat setup.cfg setup.py pyproject.toml | sha256sum | cut -c1-16)
 if [[ ! -f $stamp ]]; then
     echo "🔄 installing the project with its test extras" >&2
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[test]'; } \
+        >.venv/install.log 2>&1; then
+        tail -n 30 .venv/install.log >&2
+        echo "❌ installing the project failed; the whole log is .venv/install.log" >&2
+        exit 1
+    fi
     rm -f .venv/.installed-* && touch "$stamp"
 fi
 scripts/services.sh

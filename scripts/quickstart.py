@@ -21,9 +21,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pika
+
+from orchestrator.config import load_config
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HEALTH_WAIT_SECONDS = 60.0
+EXAMPLES = ("build", "test", "deploy")
 
 
 def free_port() -> int:
@@ -41,14 +46,30 @@ def git(*args: str, cwd: Path) -> None:
     )
 
 
-def make_demo_repository(path: Path) -> str:
+DOCKERFILE = 'FROM alpine:3.20\nCMD ["echo", "hello from blacktree"]\n'
+COMPOSE = "services:\n  app:\n    build: .\n    ports: ['3000:3000']\n"
+
+
+def make_demo_repository(path: Path, examples: list[dict[str, object]]) -> str:
+    """A local repository with every file and branch the example jobs name."""
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
-    (path / "Dockerfile").write_text('FROM alpine:3.20\nCMD ["echo", "hello from blacktree"]\n')
-    (path / "docker-compose.yml").write_text("services:\n  app:\n    build: .\n    ports: ['3000:3000']\n")
+    for job in examples:
+        context = path / str(job.get("contextDir", "."))
+        context.mkdir(parents=True, exist_ok=True)
+        (context / ".keep").touch()
+        dockerfile = path / str(job.get("dockerFilePath", "Dockerfile"))
+        dockerfile.parent.mkdir(parents=True, exist_ok=True)
+        dockerfile.write_text(DOCKERFILE)
+        if job.get("composeFilePath"):
+            compose = path / str(job["composeFilePath"])
+            compose.parent.mkdir(parents=True, exist_ok=True)
+            compose.write_text(COMPOSE)
     git("init", "-q", "-b", "main", cwd=path)
     git("add", ".", cwd=path)
     git("commit", "-q", "-m", "demo app", cwd=path)
+    for branch in {str(job.get("branch", "main")) for job in examples} - {"main"}:
+        git("branch", branch, cwd=path)
     return f"file://{path}"
 
 
@@ -77,7 +98,7 @@ default = local
 state_dir = {work / "state"}
 
 [limits]
-poll_seconds = 0.5
+poll_seconds = 0.2
 retry_delays = 2
 
 [validation]
@@ -108,6 +129,22 @@ def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"❌ {url} did not answer 200 within {HEALTH_WAIT_SECONDS:.0f} s")
 
 
+def remove_queues(config: Path) -> None:
+    """Delete this run's queues and exchange: every quickstart run uses names of its own."""
+    loaded = load_config(config, environ={})
+    broker = loaded.broker
+    names = [broker.execute_queue, broker.dlq, loaded.status.queue]
+    names += [f"{broker.retry_queue_prefix}.{delay}s" for delay in loaded.limits.retry_delays]
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        channel = connection.channel()
+        for name in names:
+            channel.queue_delete(name)
+        channel.exchange_delete(broker.exchange)
+    finally:
+        connection.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each job")
@@ -115,7 +152,8 @@ def main() -> int:
 
     work = ROOT / "var" / "quickstart"
     work.mkdir(parents=True, exist_ok=True)
-    repository = make_demo_repository(work / "demo-app")
+    examples = {name: json.loads((ROOT / "examples" / f"{name}.json").read_text()) for name in EXAMPLES}
+    repository = make_demo_repository(work / "demo-app", list(examples.values()))
     port = free_port()
     config = write_config(work, port)
     log_path = work / "orchestrator.log"
@@ -129,8 +167,7 @@ def main() -> int:
         wait_healthy(port, process)
         jobs = work / "jobs"
         jobs.mkdir(exist_ok=True)
-        for name in ("build", "test", "deploy"):
-            job = json.loads((ROOT / "examples" / f"{name}.json").read_text())
+        for name, job in examples.items():
             job["repository"] = repository
             job["deploymentId"] = f"quickstart-{name}-{os.getpid()}"
             path = jobs / f"{name}.json"
@@ -164,7 +201,8 @@ def main() -> int:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-    print(f"\n✅ orchestrator stopped (exit {process.returncode})")
+    print(f"\n✅ orchestrator stopped (exit {process.returncode}); worker logs: {work / 'state' / 'logs'}")
+    remove_queues(config)
     print("\nsummary:")
     for name, code in results:
         print(f"  {'✅' if code in (0, 2) else '❌'} {name}: exit {code}")
