@@ -81,5 +81,8 @@ def setup_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("pika", "botocore", "boto3", "urllib3", "pykka"):
+    for noisy in ("botocore", "boto3", "urllib3", "pykka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pika logs every failed connection attempt as an ERROR with socket details; our broker layer
+    # translates those failures and reports each once, in one line, with what to do.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)

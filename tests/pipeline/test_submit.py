@@ -1,0 +1,85 @@
+"""``orchestrator submit [--wait]``, the installed command, against a running pipeline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import Config
+from orchestrator.messages import BuildJob, encode
+
+from .fakes import InstantLauncher
+from .harness import queue_depth, running_pipeline, with_overrides
+from .processes import config_environment
+
+pytestmark = pytest.mark.services
+
+ORCHESTRATOR = Path(sys.executable).with_name("orchestrator")
+
+
+def submit(config: Config, job_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")} | config_environment(config)
+    return subprocess.run(
+        [str(ORCHESTRATOR), "submit", *args, str(job_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def job_file(tmp_path: Path, deployment_id: str) -> Path:
+    path = tmp_path / f"{deployment_id}.json"
+    path.write_bytes(encode(BuildJob(deployment_id=deployment_id, repository="https://github.com/a/b")))
+    return path
+
+
+@pytest.mark.parametrize("sinks", ["amqp,redis", "amqp"])
+def test_submit_wait_follows_the_job_to_success(pipeline_config: Config, tmp_path: Path, sinks: str) -> None:
+    config = with_overrides(pipeline_config, status__sinks=tuple(sinks.split(",")))
+    with running_pipeline(config, InstantLauncher(run_seconds=0.3)):
+        result = submit(config, job_file(tmp_path, "cli-ok"), "--wait", "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "🔄 submitted build cli-ok; following its events"
+    assert lines[1].startswith("🔄 build cli-ok attempt 1: dispatched")
+    assert lines[-1].startswith("✅ build cli-ok attempt 1: succeeded")
+
+
+def test_submit_wait_exits_1_when_the_job_fails(pipeline_config: Config, tmp_path: Path) -> None:
+    config = with_overrides(pipeline_config, limits__max_attempts=1)
+    with running_pipeline(config, InstantLauncher(exit_codes={"cli-bad": 12})):
+        result = submit(config, job_file(tmp_path, "cli-bad"), "--wait", "--timeout", "60")
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-1].startswith("❌ build cli-bad attempt 1: failed")
+    assert "exit code 12" in result.stdout
+
+
+def test_submit_without_wait_only_publishes(pipeline_config: Config, tmp_path: Path) -> None:
+    with running_pipeline(pipeline_config, InstantLauncher()):
+        pass  # declares the topology, then stops consuming
+    result = submit(pipeline_config, job_file(tmp_path, "cli-later"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "🔄 submitted build cli-later"
+    assert queue_depth(pipeline_config, pipeline_config.broker.execute_queue) == 1
+
+
+def test_submit_refuses_an_invalid_job_before_publishing(pipeline_config: Config, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "build", "deploymentId": "x", "repository": "https://user:pw@github.com/a/b"}')
+    result = submit(pipeline_config, bad, "--wait")
+    assert result.returncode == 2
+    assert "repository: must not contain credentials" in result.stderr
+    assert "pw" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_submit_says_clearly_when_the_broker_is_unreachable(pipeline_config: Config, tmp_path: Path) -> None:
+    config = with_overrides(pipeline_config, broker__url="amqp://guest:secret@127.0.0.1:1/%2F")
+    result = submit(config, job_file(tmp_path, "cli-nobroker"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == "❌ cannot connect to RabbitMQ (AMQPConnectionError); is it running?"
