@@ -183,22 +183,27 @@ _HEARTBEAT: Final = """
 local previous = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
 if previous then return 1 end
 return 0
 """
 
-# KEYS: index set. ARGV: instance key prefix. Drops ids whose lease is gone; returns the live ones.
+# KEYS: index set. ARGV: instance key prefix. Drops ids whose lease is gone; returns the live ones
+# and the ones this call dropped (the caller is the one process that saw them go).
 _ALIVE: Final = """
 local live = {}
+local gone = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[1] .. id) == 1 then
     table.insert(live, id)
   else
     redis.call('SREM', KEYS[1], id)
+    table.insert(gone, id)
   end
 end
-return live
+return {live, gone}
 """
 
 # KEYS: claim key. ARGV: owner, ttl ms, instance key prefix.
@@ -320,9 +325,21 @@ class InstanceRegistry:
         Raises:
             CoordinationError: Redis is down (do not adopt anything on a guess).
         """
+        return self.alive_and_gone()[0]
+
+    def alive_and_gone(self) -> tuple[set[str], set[str]]:
+        """The live instances, and the ones whose lease this call found expired.
+
+        Exactly one caller sees an expired instance as gone (it is dropped from the index then), so
+        that caller is the one to look for its orphaned tasks; an instance that died before any other
+        process ever saw it alive is found this way too.
+
+        Raises:
+            CoordinationError: Redis is down (do not adopt anything on a guess).
+        """
         with redis_errors("listing live instances"):
-            ids = self._alive_script(keys=[self._index_key], args=[self._instance_key("")])
-        return {reply_text(i) for i in ids}
+            live, gone = self._alive_script(keys=[self._index_key], args=[self._instance_key("")])
+        return {reply_text(i) for i in live}, {reply_text(i) for i in gone}
 
     def is_alive(self, instance_id: str) -> bool:
         """Whether ``instance_id`` holds a live lease.

@@ -55,13 +55,16 @@ class Reconciler:
         self._alive_seen: set[str] = set()
 
     def owners_lost(self) -> bool:
-        """Whether an instance that was alive at the last look has lost its lease since.
+        """Whether an instance has lost its lease since the last look.
+
+        True when this call found an expired lease in the registry's index (only one process sees
+        that), or when an instance this process saw alive last time is gone.
 
         Raises:
             CoordinationError: Redis is down.
         """
-        alive = self._registry.alive()
-        lost = bool(self._alive_seen - alive)
+        alive, gone = self._registry.alive_and_gone()
+        lost = bool(gone) or bool(self._alive_seen - alive)
         self._alive_seen = alive
         return lost
 

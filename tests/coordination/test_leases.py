@@ -463,3 +463,21 @@ def test_registry_while_redis_is_unreachable(down_redis: RedisClient, prefix: st
         assert "hunter2secret" not in str(caught.value)
     finally:
         registry.stop()  # does not raise either
+
+
+def test_an_expired_instance_is_reported_gone_to_exactly_one_caller(
+    registries: list[InstanceRegistry], client: RedisClient, prefix: str
+) -> None:
+    # Given an instance that died before the observers ever looked at the registry
+    first = new_registry(registries, client, prefix, "first", lease=30)
+    second = new_registry(registries, client, prefix, "second", lease=30)
+    first.start()
+    second.start()
+    dead = new_registry(registries, client, prefix, "dead")
+    assert dead.heartbeat()
+    assert wait_until(lambda: not first.is_alive("dead"), 1 + MARGIN)
+    # When both observers look
+    answers = [first.alive_and_gone(), second.alive_and_gone()]
+    # Then both see the same live set, and exactly one of them is told the dead one is gone
+    assert [alive for alive, _ in answers] == [{"first", "second"}] * 2
+    assert sorted(gone for _, gone in answers) == [set(), {"dead"}]
