@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -29,6 +29,10 @@ from orchestrator.runtime.actor import ActorReporter, SupervisedActor
 from orchestrator.runtime.supervisor import ActorHandle
 
 log = logging.getLogger(__name__)
+
+#: Local launches are not paced by a token bucket (only ``ecs.max_inflight_launches`` bounds them).
+UNPACED_RATE: Final = 1e9
+UNPACED_BURST: Final = 1_000_000_000
 
 
 class LaunchDone(msgspec.Struct, frozen=True):
@@ -77,11 +81,12 @@ class DispatcherActor(SupervisedActor):
 
     def on_start(self) -> None:
         ecs = self._config.ecs
+        paced = self.launcher != "local"  # the token bucket keeps us under AWS's RunTask rate
         self._pool = LaunchPool(
             self._guard,
             max_inflight=ecs.max_inflight_launches,
-            rate=ecs.launch_rate,
-            burst=ecs.launch_burst,
+            rate=ecs.launch_rate if paced else UNPACED_RATE,
+            burst=ecs.launch_burst if paced else UNPACED_BURST,
         )
 
     def on_stop(self) -> None:
@@ -130,7 +135,8 @@ class DispatcherActor(SupervisedActor):
 
     def _launched(self, done: LaunchDone, handle: TaskHandle) -> None:
         job = done.request.job
-        self._monitor.tell(Track(handle=handle, job=job))
+        if self._guard.follows_here(handle):
+            self._monitor.tell(Track(handle=handle, job=job))
         event = make_event(
             job.deployment_id,
             job.type,
@@ -143,7 +149,7 @@ class DispatcherActor(SupervisedActor):
         metrics.JOBS_DISPATCHED.labels(launcher=self.launcher).inc()
         if done.delivery is not None:
             metrics.DISPATCH_LATENCY.observe(time.monotonic() - done.delivery.received_at)
-        log.info(
+        log.debug(
             "%s %s attempt %d launched as %s",
             job.type,
             job.deployment_id,

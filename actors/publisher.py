@@ -14,6 +14,7 @@ from orchestrator.broker.publisher import ConfirmingPublisher
 from orchestrator.broker.topology import status_topology
 from orchestrator.commands import Ack, Publish
 from orchestrator.config import Config
+from orchestrator.errors import SinkError
 from orchestrator.logs import FAILURE, emoji
 from orchestrator.messages import StatusEvent, encode
 from orchestrator.runtime.actor import ActorReporter, SupervisedActor
@@ -22,6 +23,9 @@ from orchestrator.runtime.supervisor import ActorHandle
 from orchestrator.status_sinks import DROPPED, RedisStatusSink
 
 log = logging.getLogger(__name__)
+
+#: How long a crashed instance waits for its outstanding confirms before closing (it is being replaced).
+CRASH_CLOSE_SECONDS = 1.0
 
 
 class Confirmed(msgspec.Struct, frozen=True):
@@ -83,8 +87,14 @@ class PublisherActor(SupervisedActor):
             )
             self._redis.start()
 
+    def on_failure(self, *exc_info: Any) -> None:
+        super().on_failure(*exc_info)
+        self._close(CRASH_CLOSE_SECONDS)  # the next instance opens its own connections
+
     def on_stop(self) -> None:
-        timeout = self._config.shutdown.drain_seconds
+        self._close(self._config.shutdown.drain_seconds)
+
+    def _close(self, timeout: float) -> None:
         if self._amqp is not None:
             self._amqp.close(timeout)
         if self._redis is not None:
@@ -111,29 +121,33 @@ class PublisherActor(SupervisedActor):
         self._batches[batch_id] = batch
 
         def on_confirm(ok: bool, detail: str, batch_id: int = batch_id) -> None:
-            self.actor_ref.tell(Confirmed(batch=batch_id, ok=ok, detail=detail))
+            if self.actor_ref.is_alive():
+                self.actor_ref.tell(Confirmed(batch=batch_id, ok=ok, detail=detail))
+
+        def send(exchange: str, routing_key: str, body: bytes, **properties: Any) -> None:
+            assert self._amqp is not None
+            try:
+                self._amqp.publish(exchange, routing_key, body, on_confirm=on_confirm, **properties)
+            except SinkError as e:
+                on_confirm(False, str(e))
 
         for outgoing in publish.messages:
-            self._amqp.publish(
-                outgoing.exchange,
-                outgoing.routing_key,
-                outgoing.body,
-                headers=outgoing.headers,
-                on_confirm=on_confirm,
-            )
+            send(outgoing.exchange, outgoing.routing_key, outgoing.body, headers=outgoing.headers)
         for event in publish.events:
             if to_amqp:
-                self._amqp.publish(
+                send(
                     self._config.broker.exchange,
                     self._config.status.queue,
                     encode(event),
                     headers={"x-deployment-id": event.deployment_id},
                     content_type="application/json",
                     message_id=f"{event.deployment_id}/{event.type}/{event.seq}",
-                    on_confirm=on_confirm,
                 )
             if self._redis is not None:
-                self._redis.publish(event, on_done=self._redis_done)
+                try:
+                    self._redis.publish(event, on_done=self._redis_done)
+                except SinkError as e:
+                    self._redis_done(False, str(e))
         if batch.waiting == 0:
             self._finish(batch_id)
 

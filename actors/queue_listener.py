@@ -28,6 +28,8 @@ from orchestrator.runtime.supervisor import ActorHandle
 
 log = logging.getLogger(__name__)
 
+#: How long a crashed instance takes to close its connection (it is being replaced).
+CRASH_CLOSE_SECONDS = 1.0
 #: How often the hand-off timeout is checked.
 HANDOFF_CHECK_SECONDS = 5.0
 
@@ -75,14 +77,18 @@ class QueueListenerActor(SupervisedActor):
         self._schedule_tick()
 
     def on_stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._consumer is not None:
-            self._consumer.stop(self._config.shutdown.drain_seconds)
+        self._close(self._config.shutdown.drain_seconds)
 
     def on_failure(self, *exc_info: Any) -> None:
         super().on_failure(*exc_info)
-        self.on_stop()
+        # The new instance consumes on a new connection; closing this one requeues what it held.
+        self._close(CRASH_CLOSE_SECONDS)
+
+    def _close(self, timeout: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._consumer is not None:
+            self._consumer.stop(timeout)
 
     def _connectivity(self, ok: bool, detail: str) -> None:
         self._board.set_dependency("broker", ok, detail)

@@ -289,8 +289,7 @@ class TimeoutMonitorActor(SupervisedActor):
         publish = self._outcome_publish(tracked, outcome, ended.exit_code, reason)
         after = functools.partial(self.actor_ref.tell, OutcomeDurable(task_id=handle.task_id))
         self._publisher.tell(msgspec.structs.replace(publish, after=after))
-        log.log(
-            logging.INFO if outcome == "succeeded" else logging.WARNING,
+        log.debug(
             "%s %s attempt %d ended: %s%s",
             handle.job_type,
             handle.deployment_id,

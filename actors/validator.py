@@ -14,7 +14,7 @@ from orchestrator.events import make_event
 from orchestrator.logs import WARNING, emoji
 from orchestrator.messages import SourceJob, StatusEvent, StopJob
 from orchestrator.redaction import redact_text
-from orchestrator.retry import REASON_CLASS_HEADER, REASON_HEADER
+from orchestrator.retry import REASON_CLASS_HEADER, REASON_HEADER, SCHEDULED_AT_HEADER
 from orchestrator.runtime.actor import ActorReporter, SupervisedActor
 from orchestrator.runtime.supervisor import ActorHandle
 from orchestrator.shared import Coordination
@@ -77,22 +77,24 @@ class ValidatorActor(SupervisedActor):
         return None
 
     def _cancelled(self, job: SourceJob, delivery: Delivery) -> bool:
-        """Whether a stop cancelled this job: a retry of a stopped deployment is not run again.
+        """Whether a stop cancelled this job: a retry scheduled before a stop is not run again.
 
-        A first attempt is a new job: it clears an old stop of the same deployment, so that its own
-        retries are not cancelled by it.
+        Only retries (attempt > 1) are checked, by comparing the stop marker's time with the time
+        the retry was scheduled (its ``x-scheduled-at`` header), so a first attempt costs no Redis
+        call, and a new job submitted after a stop is not cancelled by it.
         """
-        markers = self._shared.stop_markers
-        try:
-            if delivery.attempt == 1:
-                if not delivery.redelivered:
-                    markers.clear(job.deployment_id)
-                return False
-            self._shared.pending_retries.take(job.deployment_id)
-            return markers.is_marked(job.deployment_id)
-        except OrchestratorError as e:
-            log.warning("cannot read stop markers (%s); running the job", e, extra=emoji(WARNING))
+        if delivery.attempt == 1:
             return False
+        try:
+            self._shared.pending_retries.take(job.deployment_id)
+            stopped_at = self._shared.stop_markers.marked_at(job.deployment_id)
+        except OrchestratorError as e:
+            log.warning("cannot read stop markers (%s); running the retry", e, extra=emoji(WARNING))
+            return False
+        if stopped_at is None:
+            return False
+        scheduled_ms = delivery.headers.get(SCHEDULED_AT_HEADER)
+        return not isinstance(scheduled_ms, int) or stopped_at * 1000 >= scheduled_ms
 
     def _reject(self, incoming: Incoming, rejection: Rejection) -> None:
         delivery = incoming.delivery

@@ -8,6 +8,7 @@ before the original delivery, if any, is acked.
 
 from __future__ import annotations
 
+import time
 from typing import Final
 
 import msgspec
@@ -24,6 +25,9 @@ from orchestrator.redaction import redact_text
 REASON_HEADER: Final = "x-reason"
 #: Header carrying the low-cardinality class of a rejection or failure.
 REASON_CLASS_HEADER: Final = "x-reason-class"
+#: Header carrying when (epoch milliseconds; AMQP headers have no floats) a retry was scheduled:
+#: a stop asked for later cancels it.
+SCHEDULED_AT_HEADER: Final = "x-scheduled-at"
 #: Longest reason put in a header.
 MAX_HEADER_REASON: Final = 2000
 
@@ -101,7 +105,11 @@ def retry_publish(
         exchange="",
         routing_key=retry_queue_name(broker, decision.delay_seconds),
         body=encode(job),
-        headers={ATTEMPT_HEADER: decision.next_attempt, REASON_HEADER: _reason_header(reason)},
+        headers={
+            ATTEMPT_HEADER: decision.next_attempt,
+            REASON_HEADER: _reason_header(reason),
+            SCHEDULED_AT_HEADER: int(time.time() * 1000),
+        },
     )
     event = make_event(
         job.deployment_id,

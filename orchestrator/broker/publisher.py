@@ -291,9 +291,19 @@ class ConfirmingPublisher:
                 before a confirm came. Must return quickly.
 
         Raises:
-            SinkError: more than ``max_pending`` messages are waiting, or the publisher is closed; the
-                caller keeps whatever it meant to make durable (e.g. leaves the delivery unacked).
+            SinkError: more than ``max_pending`` messages are waiting, the publisher is closed, or the
+                headers cannot be encoded in AMQP; the caller keeps whatever it meant to make durable
+                (e.g. leaves the delivery unacked).
         """
+        if headers:
+            # A header pika cannot encode (a float, say) would fail every send of every channel:
+            # refuse that one message here instead of letting it block all the others.
+            try:
+                pika.BasicProperties(headers=dict(headers)).encode()
+            except (pika.exceptions.AMQPError, TypeError, ValueError) as e:
+                raise SinkError(
+                    f"publisher {self._name}: cannot encode the headers ({describe_error(e)})"
+                ) from None
         with self._lock:
             if self._closing:
                 raise SinkError(f"publisher {self._name} is closed")

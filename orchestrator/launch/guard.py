@@ -1,12 +1,17 @@
 """The duplicate-launch guard: a job attempt is launched at most once, across redeliveries and processes.
 
-Three layers, cheapest first:
+Layers, cheapest first:
 
 1. this process already launched (or adopted) the attempt: return that task;
-2. a create-if-absent launch marker in Redis (``SET NX`` on deploymentId+attempt): when another
-   process holds it, or the delivery is a redelivery, look the task up by its tags and adopt it;
+2. a create-if-absent claim in Redis per (deploymentId, attempt), held by the launching process's
+   instance id. When another *live* process holds it, the task is looked up by its tags and adopted,
+   or — while that process is still launching it — the job waits and comes back later
+   (:class:`LaunchInProgressError`). A claim whose holder died is taken over;
 3. ``clientToken`` on RunTask, derived from deploymentId+attempt, so that even a launch whose answer
-   was lost is not run twice by ECS itself (moto ignores it, so layers 1 and 2 are what tests check).
+   was lost, or a takeover from a holder that died mid-RunTask, is not run twice by ECS itself (moto
+   ignores it, so layers 1 and 2 are what the tests check).
+
+Redis down: layer 2 falls back to looking the task up by its tags before launching.
 """
 
 from __future__ import annotations
@@ -15,86 +20,118 @@ import logging
 import threading
 from typing import Final
 
-from orchestrator.coordination import LaunchMarkers
-from orchestrator.errors import OrchestratorError
+from orchestrator.coordination import InstanceRegistry
+from orchestrator.errors import LaunchError, OrchestratorError
 from orchestrator.launch.base import Launcher, LaunchRequest, TaskHandle
 from orchestrator.logs import WARNING, emoji
 
 log = logging.getLogger(__name__)
 
-#: How long a launch marker lives: longer than any retry cycle of one attempt.
-LAUNCH_MARKER_TTL_SECONDS: Final = 7 * 24 * 3600
+#: How long a launch claim lives: longer than any redelivery of the same attempt can come.
+LAUNCH_CLAIM_TTL_SECONDS: Final = 7 * 24 * 3600
+
+
+class LaunchInProgressError(LaunchError):
+    """Another live process (or thread) is launching this attempt right now: try again later."""
+
+    counts_as_attempt = False
 
 
 class GuardedLauncher:
     """Wraps a :class:`Launcher` so that ``launch`` adopts an attempt's existing task instead.
 
     Thread-safe: the launch pool calls :meth:`launch` from several threads.
+
+    Args:
+        launcher: the launch back-end.
+        owner: this process's instance id.
+        registry: the liveness registry; None runs without cross-process claims (layer 2).
     """
 
-    def __init__(self, launcher: Launcher, owner: str, markers: LaunchMarkers | None) -> None:
+    def __init__(self, launcher: Launcher, owner: str, registry: InstanceRegistry | None) -> None:
         self.name = launcher.name
         self._launcher = launcher
         self._owner = owner
-        self._markers = markers
+        self._registry = registry
         self._lock = threading.Lock()
         self._known: dict[tuple[str, int], TaskHandle] = {}
+        self._launching: set[tuple[str, int]] = set()
         self._suspect: set[tuple[str, int]] = set()
-        self._adopted: set[str] = set()
 
     def expect_duplicate(self, deployment_id: str, attempt: int) -> None:
         """Mark an attempt as possibly launched already (its delivery was redelivered)."""
         with self._lock:
             self._suspect.add((deployment_id, attempt))
 
-    def was_adopted(self, handle: TaskHandle) -> bool:
-        """Whether ``handle`` was found rather than launched by this guard."""
-        with self._lock:
-            return handle.task_id in self._adopted
-
     def forget(self, deployment_id: str, attempt: int) -> None:
         """The attempt is over; drop it from the in-process layer."""
         with self._lock:
-            handle = self._known.pop((deployment_id, attempt), None)
+            self._known.pop((deployment_id, attempt), None)
             self._suspect.discard((deployment_id, attempt))
-            if handle is not None:
-                self._adopted.discard(handle.task_id)
+
+    def follows_here(self, handle: TaskHandle) -> bool:
+        """Whether this process should track ``handle``: it launched it, or it claimed the task of a
+        dead owner. A task whose owner lives is followed by that owner, not twice."""
+        if handle.instance_id == self._owner or self._registry is None:
+            return True
+        try:
+            if self._registry.is_alive(handle.instance_id):
+                return False
+            return self._registry.claim_orphan(handle.task_id, self._owner)
+        except OrchestratorError:
+            return True
 
     def launch(self, request: LaunchRequest) -> TaskHandle:
-        """Return the attempt's task: an existing one if any layer finds it, else a new launch."""
+        """Return the attempt's task: an existing one if any layer finds it, else a new launch.
+
+        Raises:
+            LaunchInProgressError: another live process, or another thread here, is launching it.
+            LaunchError: from the launcher.
+        """
         key = (request.job.deployment_id, request.attempt)
         with self._lock:
             known = self._known.get(key)
+            if known is None and key in self._launching:
+                raise LaunchInProgressError(f"attempt {key[1]} of {key[0]} is being launched by this process")
             suspect = key in self._suspect
+            if known is None:
+                self._launching.add(key)
         if known is not None:
             return self._adopt(key, known, "already launched by this process")
-        if self._markers is not None:
-            holder = self._claim(key)
-            suspect = suspect or holder is not None
-        if suspect:
-            found = self._launcher.find(*key)
-            if found is not None:
-                return self._adopt(key, found, "found by its tags")
-        handle = self._launcher.launch(request)
-        with self._lock:
-            self._known[key] = handle
-            self._suspect.discard(key)
-        if self._markers is not None:
-            try:
-                self._markers.record_task(key[0], key[1], handle.task_id)
-            except OrchestratorError as e:
-                log.warning("could not record launch marker: %s", e, extra=emoji(WARNING))
-        return handle
-
-    def _claim(self, key: tuple[str, int]) -> str | None:
-        assert self._markers is not None
         try:
-            return self._markers.claim(key[0], key[1], self._owner, LAUNCH_MARKER_TTL_SECONDS)
+            claimed = self._claim(key)
+            held_elsewhere = claimed is False
+            if suspect or claimed is None or held_elsewhere:
+                found = self._launcher.find(*key)
+                if found is not None:
+                    return self._adopt(key, found, "found by its tags")
+                if held_elsewhere:
+                    raise LaunchInProgressError(
+                        f"attempt {key[1]} of {key[0]} is claimed by another live process, launching it now"
+                    )
+            handle = self._launcher.launch(request)
+            with self._lock:
+                self._known[key] = handle
+                self._suspect.discard(key)
+            return handle
+        finally:
+            with self._lock:
+                self._launching.discard(key)
+
+    def _claim(self, key: tuple[str, int]) -> bool | None:
+        """Claim the attempt for this process: True when it is ours, False when another live process
+        holds it, None when Redis cannot tell (the caller then looks for the task by its tags)."""
+        if self._registry is None:
+            return True
+        try:
+            return self._registry.claim_orphan(
+                f"launch:{key[0]}:{key[1]}", self._owner, LAUNCH_CLAIM_TTL_SECONDS
+            )
         except OrchestratorError as e:
             log.warning(
-                "launch marker unavailable (%s); checking for the task by its tags", e, extra=emoji(WARNING)
+                "launch claim unavailable (%s); checking for the task by its tags", e, extra=emoji(WARNING)
             )
-            return "unknown"
+            return None
 
     def _adopt(self, key: tuple[str, int], handle: TaskHandle, how: str) -> TaskHandle:
         log.warning(
@@ -107,6 +144,5 @@ class GuardedLauncher:
         )
         with self._lock:
             self._known[key] = handle
-            self._adopted.add(handle.task_id)
             self._suspect.discard(key)
         return handle

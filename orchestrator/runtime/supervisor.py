@@ -193,12 +193,24 @@ class ActorHandle:
 
         While the actor restarts, the message is buffered and delivered to the new instance in order.
 
+        A message for an actor already stopped (during shutdown) is logged and dropped.
+
         Raises:
-            SupervisionError: the actor has failed or is stopped, or its restart buffer is full.
+            SupervisionError: the actor has failed, or its restart buffer is full.
         """
         record = self._record
         with record.lock:
-            if record.state in ("failed", "stopped"):
+            if record.state == "stopped":
+                # Shutdown stops actors one by one; a message for one already stopped is dropped
+                # (loudly) rather than raised inside its sender, which is still finishing its own work.
+                log.warning(
+                    "%s is stopped; dropped a %s sent to it during shutdown",
+                    self.name,
+                    type(message).__name__,
+                    extra=emoji(WARNING),
+                )
+                return
+            if record.state == "failed":
                 raise SupervisionError(f"actor {self.name} is {record.state}: cannot take messages")
             ref = record.live_ref()
             if ref is not None:

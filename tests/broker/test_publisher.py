@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 import pika
 import pytest
+from support import unique
 
 from orchestrator.broker.publisher import ConfirmingPublisher, ConfirmLedger, Outgoing
 from orchestrator.config import BrokerConfig, Config
@@ -351,3 +353,33 @@ def test_messages_in_flight_when_the_connection_dies_are_sent_again(
     assert set(confirms.calls.values()) == {1}
     arrived = [body for _, body in drain_queue(channel, execute)]
     assert arrived == [b"warm-up", *bodies, *bodies]  # the first copies, then the resend in order
+
+
+def test_a_message_whose_headers_cannot_be_encoded_is_refused_alone(
+    service_config: Config, amqp_channel: pika.adapters.blocking_connection.BlockingChannel
+) -> None:
+    # Given a running publisher and a queue to publish to
+    queue = service_config.broker.dlq
+    amqp_channel.queue_declare(queue, durable=True)
+    confirmed: list[tuple[bool, str]] = []
+    publisher = ConfirmingPublisher(
+        service_config.broker, name=unique("enc"), max_pending=10, on_connectivity=lambda ok, detail: None
+    )
+    publisher.start()
+    try:
+        # When one message has a header AMQP cannot carry (a float)
+        with pytest.raises(SinkError, match="cannot encode the headers"):
+            publisher.publish("", queue, b"bad", headers={"x-at": 1.5}, on_confirm=lambda ok, d: None)
+        # Then the next message still goes through
+        publisher.publish(
+            "", queue, b"ok", headers={"x-at": 15}, on_confirm=lambda ok, d: confirmed.append((ok, d))
+        )
+        deadline = time.monotonic() + 10
+        while not confirmed and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        publisher.close(5)
+    assert confirmed == [(True, "")]
+    _, _, body = amqp_channel.basic_get(queue, auto_ack=True)
+    assert body == b"ok"
+    assert amqp_channel.basic_get(queue, auto_ack=True)[0] is None, "the refused message was never sent"

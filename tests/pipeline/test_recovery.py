@@ -157,4 +157,4 @@ def test_the_global_limit_holds_across_two_processes(
     # Then never more than two ran at once, and both processes did some of the work
     ran = [tuple(map(float, (intervals / d).read_text().split())) for d in ids]
     assert max_overlap(ran) == 2  # type: ignore[arg-type]
-    assert all("launched as" in p.log() for p in processes), "both processes launched jobs"
+    assert all(": dispatched" in p.log() for p in processes), "both processes launched jobs"
