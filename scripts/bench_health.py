@@ -9,6 +9,9 @@ feeders keep a bounded backlog in every inbox), one pure-Python CPU-busy thread,
 fetching /metrics in a loop. All of it competes with the health server for the GIL, which is the
 realistic worst case for a Python process.
 
+A third scenario runs the real pipeline (every actor, real RabbitMQ and Redis, a launcher that
+returns at once) while a publisher offers PIPELINE_RATE jobs/s: the load the process has in production.
+
 Usage: .venv/bin/python scripts/bench_health.py [--requests 1000]
 """
 
@@ -29,6 +32,7 @@ FEEDERS_BATCH = 200  # tells per batch; each feeder then asks, so inboxes stay b
 WORK_PER_MESSAGE = 2_000  # sum(range(n)) per message: tens of microseconds of pure Python
 SCRAPERS = 2
 WARM_UP = 50
+PIPELINE_RATE = 200  # jobs/s offered in the pipeline scenario
 
 
 # --- server side ------------------------------------------------------------------------------------
@@ -113,6 +117,86 @@ def serve(load: bool) -> None:
     print(json.dumps({"per_second": rates}), flush=True)
 
 
+def serve_pipeline() -> None:
+    from pathlib import Path
+
+    import pika
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path[:0] = [str(root), str(root / "tests")]
+    from pipeline.fakes import InstantLauncher
+    from pipeline.harness import with_overrides
+    from support import AMQP_URL, REDIS_URL, unique
+
+    from orchestrator.config import load_config
+    from orchestrator.http import HttpServer
+    from orchestrator.messages import BuildJob, encode
+    from orchestrator.pipeline import register_pipeline
+    from orchestrator.runtime import HealthBoard, Supervisor
+
+    base = unique("health")
+    config = with_overrides(
+        load_config(environ={}),
+        broker__url=AMQP_URL,
+        broker__exchange=f"{base}.x",
+        broker__execute_queue=f"{base}.execute",
+        broker__dlq=f"{base}.dlq",
+        broker__retry_queue_prefix=f"{base}.retry",
+        redis__url=REDIS_URL,
+        redis__key_prefix=base,
+        status__queue=f"{base}.status",
+        status__redis_channel=f"{base}.status",
+        limits__max_concurrent=100_000,
+        limits__poll_seconds=0.5,
+        http__host="127.0.0.1",
+        http__port=0,
+    )
+    board = HealthBoard(config.http.stuck_after_seconds)
+    supervisor = Supervisor(config.supervision, board, on_give_up=lambda name, exc: None)
+    launcher = InstantLauncher(run_seconds=2.0)
+    register_pipeline(supervisor, board, config, launcher_factory=lambda name, cfg: launcher)
+    supervisor.start_all(timeout=30)
+    server = HttpServer(config.http, board)
+    server.start()
+    while not board.report(time.monotonic())[0]:
+        time.sleep(0.05)
+    stop = threading.Event()
+    published = 0
+
+    def offer() -> None:
+        nonlocal published
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        channel = connection.channel()
+        started = time.monotonic()
+        while not stop.is_set():
+            job = encode(BuildJob(deployment_id=f"h-{published}", repository="https://github.com/a/b"))
+            channel.basic_publish(config.broker.exchange, config.broker.execute_queue, job)
+            published += 1
+            time.sleep(max(0.0, started + published / PIPELINE_RATE - time.monotonic()))
+        connection.close()
+
+    publisher = threading.Thread(target=offer, daemon=True)
+    publisher.start()
+    time.sleep(1.0)
+    print(json.dumps({"port": server.port}), flush=True)
+    started, published_before = time.monotonic(), published
+    sys.stdin.readline()
+    elapsed, offered = time.monotonic() - started, published - published_before
+    stop.set()
+    publisher.join(timeout=10)
+    server.stop()
+    supervisor.stop_all(timeout=30)
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    for queue in (config.broker.execute_queue, config.broker.dlq, config.status.queue):
+        channel.queue_delete(queue)
+    for delay in config.limits.retry_delays:
+        channel.queue_delete(f"{config.broker.retry_queue_prefix}.{delay}s")
+    channel.exchange_delete(config.broker.exchange)
+    connection.close()
+    print(json.dumps({"per_second": {"jobs": round(offered / max(elapsed, 1e-9), 1)}}), flush=True)
+
+
 # --- client side ------------------------------------------------------------------------------------
 
 
@@ -133,9 +217,9 @@ def measure(port: int, requests: int) -> tuple[list[float], dict[int, int]]:
     return latencies, statuses
 
 
-def run_scenario(load: bool, requests: int) -> dict[str, Any]:
+def run_scenario(mode: str, requests: int) -> dict[str, Any]:
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--load" if load else "--idle"],
+        [sys.executable, __file__, "--serve", f"--{mode}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -143,7 +227,7 @@ def run_scenario(load: bool, requests: int) -> dict[str, Any]:
     assert child.stdin is not None and child.stdout is not None
     try:
         port = json.loads(child.stdout.readline())["port"]
-        if load:
+        if mode == "load":
             time.sleep(1.0)  # let the load reach its steady state before measuring
         latencies, statuses = measure(port, requests)
         child.stdin.close()
@@ -167,24 +251,31 @@ def main() -> int:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--idle", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pipeline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(load=args.load)
+        if args.pipeline:
+            serve_pipeline()
+        else:
+            serve(load=args.load)
         return 0
 
-    idle = run_scenario(load=False, requests=args.requests)
-    loaded = run_scenario(load=True, requests=args.requests)
+    idle = run_scenario("idle", requests=args.requests)
+    pipeline = run_scenario("pipeline", requests=args.requests)
+    loaded = run_scenario("load", requests=args.requests)
     print(f"/health latency over {args.requests} requests (new connection per request, one at a time)")
-    print(f"{'scenario':<8} {'median ms':>10} {'p99 ms':>8} {'max ms':>8}  statuses")
-    for name, result in (("idle", idle), ("loaded", loaded)):
+    print(f"{'scenario':<9} {'median ms':>10} {'p99 ms':>8} {'max ms':>8}  statuses")
+    for name, result in (("idle", idle), ("pipeline", pipeline), ("cpu-load", loaded)):
         print(
-            f"{name:<8} {result['median_ms']:>10.2f} {result['p99_ms']:>8.2f} {result['max_ms']:>8.2f}  "
+            f"{name:<9} {result['median_ms']:>10.2f} {result['p99_ms']:>8.2f} {result['max_ms']:>8.2f}  "
             f"{result['statuses']}"
         )
-    print(
-        f"ratio loaded/idle: median {loaded['median_ms'] / idle['median_ms']:.1f}x, "
-        f"p99 {loaded['p99_ms'] / idle['p99_ms']:.1f}x"
-    )
+    for name, result in (("pipeline", pipeline), ("cpu-load", loaded)):
+        print(
+            f"ratio {name}/idle: median {result['median_ms'] / idle['median_ms']:.1f}x, "
+            f"p99 {result['p99_ms'] / idle['p99_ms']:.1f}x"
+        )
+    print(f"pipeline: {pipeline['load_per_second']['jobs']:.0f} jobs/s offered through every actor")
     rates = loaded["load_per_second"]
     print(
         f"load: {WORKERS} actors handling {rates['messages']:.0f} messages/s, 1 CPU-busy thread, "
