@@ -20,7 +20,7 @@ from orchestrator.config import Config
 from orchestrator.errors import LaunchError, PermanentLaunchError, ThrottledError
 from orchestrator.events import make_event
 from orchestrator.launch.base import LaunchRequest, TaskHandle
-from orchestrator.launch.guard import GuardedLauncher
+from orchestrator.launch.guard import AttemptOverError, GuardedLauncher, LaunchInProgressError
 from orchestrator.launch.pool import LaunchPool
 from orchestrator.logs import FAILURE, SUCCESS, WARNING, emoji
 from orchestrator.messages import SourceJob
@@ -137,6 +137,8 @@ class DispatcherActor(SupervisedActor):
         job = done.request.job
         if self._guard.follows_here(handle):
             self._monitor.tell(Track(handle=handle, job=job))
+        else:
+            self._guard.forget(job.deployment_id, done.request.attempt)
         event = make_event(
             job.deployment_id,
             job.type,
@@ -162,9 +164,17 @@ class DispatcherActor(SupervisedActor):
         job: SourceJob = done.request.job
         attempt = done.request.attempt
         kind = _error_kind(error)
-        metrics.LAUNCH_ERRORS.labels(launcher=self.launcher, kind=kind).inc()
+        if not isinstance(error, LaunchInProgressError | AttemptOverError):
+            metrics.LAUNCH_ERRORS.labels(launcher=self.launcher, kind=kind).inc()
         reason = f"launch failed ({kind}): {error}"
         broker = self._config.broker
+        if isinstance(error, AttemptOverError):
+            log.warning(
+                "%s %s: %s; dropping the duplicate", job.type, job.deployment_id, error, extra=emoji(WARNING)
+            )
+            self._publisher.tell(Publish(ack=done.delivery))
+            self._release_unless_active(job.deployment_id)
+            return
         if not error.counts_as_attempt:
             self._retry_same_attempt(done, reason)
             return
@@ -190,8 +200,13 @@ class DispatcherActor(SupervisedActor):
             )
             metrics.RETRIES.inc()
         self._publisher.tell(publish)
-        self._guard.forget(job.deployment_id, attempt)
-        self._rate_limiter.tell(Release(job.deployment_id))
+        self._release_unless_active(job.deployment_id)
+
+    def _release_unless_active(self, deployment_id: str) -> None:
+        """Free the deployment's slot, unless another attempt (or launch) of it is active here: slots
+        are held per deployment, so releasing would free that one's slot."""
+        if not self._guard.active_here(deployment_id):
+            self._rate_limiter.tell(Release(deployment_id))
 
     def _retry_same_attempt(self, done: LaunchDone, reason: str) -> None:
         """Throttling is ours to absorb: the job waits in the first delay tier with the same attempt
@@ -204,5 +219,4 @@ class DispatcherActor(SupervisedActor):
         decision = Retry(next_attempt=attempt, delay_seconds=self._policy.delay_for(1))
         publish = retry_publish(self._config.broker, job, attempt, decision, reason, ack=done.delivery)
         self._publisher.tell(msgspec.structs.replace(publish, events=()))
-        self._guard.forget(job.deployment_id, attempt)
-        self._rate_limiter.tell(Release(job.deployment_id))
+        self._release_unless_active(job.deployment_id)

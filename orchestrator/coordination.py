@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 import redis
@@ -209,14 +209,28 @@ return {live, gone}
 # KEYS: claim key. ARGV: owner, ttl ms, instance key prefix.
 # The first claimer wins; the same owner claiming again keeps it; a claim whose holder's liveness lease
 # is gone is taken over (that adopter died too, so its orphans need a new adopter).
+# Returns 0 (held by another live owner), 1 (claimed now, or taken over) or 2 (already this owner's).
 _CLAIM_ORPHAN: Final = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. holder) == 1 then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if holder == ARGV[1] then return 2 end
 return 1
 """
+
+# KEYS: claim key. ARGV: owner. Deletes the claim only when that owner holds it.
+_RELEASE_CLAIM: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+#: What :meth:`InstanceRegistry.claim` found: claimed now (or taken over from a dead holder), already
+#: held by the same owner, or held by another live owner.
+Claim: TypeAlias = Literal["new", "mine", "other"]
 
 
 class InstanceRegistry:
@@ -263,6 +277,7 @@ class InstanceRegistry:
         self._heartbeat_script = client.register_script(_HEARTBEAT)
         self._alive_script = client.register_script(_ALIVE)
         self._claim_script = client.register_script(_CLAIM_ORPHAN)
+        self._release_claim_script = client.register_script(_RELEASE_CLAIM)
         self._connectivity = ConnectivityReporter(f"instance lease {instance_id}", on_connectivity)
         self._registered = False
         self._heart = Periodic(f"lease-{instance_id}", lease_seconds / RENEWALS_PER_LEASE, self.heartbeat)
@@ -369,14 +384,32 @@ class InstanceRegistry:
         Raises:
             CoordinationError: Redis is down (nobody adopts; try again on the next reconciliation).
         """
+        return self.claim(task_key, owner, ttl_seconds) != "other"
+
+    def claim(self, task_key: str, owner: str, ttl_seconds: int = DEFAULT_ADOPT_CLAIM_SECONDS) -> Claim:
+        """Like :meth:`claim_orphan`, saying whether the claim is new or was already ``owner``'s.
+
+        Raises:
+            CoordinationError: Redis is down.
+        """
         if ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be greater than 0 (got {ttl_seconds})")
-        with redis_errors("claiming an orphaned task"):
-            won = self._claim_script(
+        with redis_errors("claiming"):
+            answer = self._claim_script(
                 keys=[f"{self._prefix}:adopt:{task_key}"],
                 args=[owner, ttl_seconds * 1000, self._instance_key("")],
             )
-        return bool(won)
+        claims: tuple[Claim, Claim, Claim] = ("other", "new", "mine")
+        return claims[int(answer)]
+
+    def release_claim(self, task_key: str, owner: str) -> None:
+        """Give up ``owner``'s claim on ``task_key`` (a launch that failed: the next try claims anew).
+
+        Raises:
+            CoordinationError: Redis is down (the claim stays until its TTL; the same owner can reclaim).
+        """
+        with redis_errors("releasing a claim"):
+            self._release_claim_script(keys=[f"{self._prefix}:adopt:{task_key}"], args=[owner])
 
 
 # --- stop markers ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import logging
 import threading
 from typing import Final
 
-from orchestrator.coordination import InstanceRegistry
+from orchestrator.coordination import Claim, DoneMarkers, InstanceRegistry
 from orchestrator.errors import LaunchError, OrchestratorError
 from orchestrator.launch.base import Launcher, LaunchRequest, TaskHandle
 from orchestrator.logs import WARNING, emoji
@@ -37,6 +37,17 @@ class LaunchInProgressError(LaunchError):
     counts_as_attempt = False
 
 
+class AttemptOverError(LaunchError):
+    """This process launched the attempt earlier and it has ended: a late duplicate, nothing to do."""
+
+    retryable = False
+    counts_as_attempt = False
+
+
+def _claim_key(key: tuple[str, int]) -> str:
+    return f"launch:{key[0]}:{key[1]}"
+
+
 class GuardedLauncher:
     """Wraps a :class:`Launcher` so that ``launch`` adopts an attempt's existing task instead.
 
@@ -46,13 +57,21 @@ class GuardedLauncher:
         launcher: the launch back-end.
         owner: this process's instance id.
         registry: the liveness registry; None runs without cross-process claims (layer 2).
+        done: markers of tasks whose outcome was handled; a late duplicate of one is not followed.
     """
 
-    def __init__(self, launcher: Launcher, owner: str, registry: InstanceRegistry | None) -> None:
+    def __init__(
+        self,
+        launcher: Launcher,
+        owner: str,
+        registry: InstanceRegistry | None,
+        done: DoneMarkers | None = None,
+    ) -> None:
         self.name = launcher.name
         self._launcher = launcher
         self._owner = owner
         self._registry = registry
+        self._done = done
         self._lock = threading.Lock()
         self._known: dict[tuple[str, int], TaskHandle] = {}
         self._launching: set[tuple[str, int]] = set()
@@ -69,12 +88,26 @@ class GuardedLauncher:
             self._known.pop((deployment_id, attempt), None)
             self._suspect.discard((deployment_id, attempt))
 
+    def active_here(self, deployment_id: str) -> bool:
+        """Whether this process is launching, or has launched and still follows, an attempt of the
+        deployment."""
+        with self._lock:
+            return any(key[0] == deployment_id for key in (*self._launching, *self._known))
+
     def follows_here(self, handle: TaskHandle) -> bool:
-        """Whether this process should track ``handle``: it launched it, or it claimed the task of a
-        dead owner. A task whose owner lives is followed by that owner, not twice."""
-        if handle.instance_id == self._owner or self._registry is None:
+        """Whether this process should track ``handle``.
+
+        Yes when it launched it, or when it claimed the task of a dead owner. No when its owner lives
+        (the owner follows it, not twice), or when its outcome was already handled (a late duplicate of
+        a job that has ended must not publish or retry that outcome again).
+        """
+        if self._registry is None:
             return True
         try:
+            if self._done is not None and self._done.done([handle.task_id]):
+                return False
+            if handle.instance_id == self._owner:
+                return True
             if self._registry.is_alive(handle.instance_id):
                 return False
             return self._registry.claim_orphan(handle.task_id, self._owner)
@@ -86,6 +119,7 @@ class GuardedLauncher:
 
         Raises:
             LaunchInProgressError: another live process, or another thread here, is launching it.
+            AttemptOverError: this process launched the attempt before, and it has ended.
             LaunchError: from the launcher.
         """
         key = (request.job.deployment_id, request.attempt)
@@ -99,17 +133,22 @@ class GuardedLauncher:
         if known is not None:
             return self._adopt(key, known, "already launched by this process")
         try:
-            claimed = self._claim(key)
-            held_elsewhere = claimed is False
-            if suspect or claimed is None or held_elsewhere:
+            claim = self._claim(key)
+            if suspect or claim != "new":
                 found = self._launcher.find(*key)
                 if found is not None:
                     return self._adopt(key, found, "found by its tags")
-                if held_elsewhere:
+                if claim == "other":
                     raise LaunchInProgressError(
                         f"attempt {key[1]} of {key[0]} is claimed by another live process, launching it now"
                     )
-            handle = self._launcher.launch(request)
+                if claim == "mine":
+                    raise AttemptOverError(f"attempt {key[1]} of {key[0]} was launched here and has ended")
+            try:
+                handle = self._launcher.launch(request)
+            except LaunchError:
+                self._release(key)
+                raise
             with self._lock:
                 self._known[key] = handle
                 self._suspect.discard(key)
@@ -118,20 +157,27 @@ class GuardedLauncher:
             with self._lock:
                 self._launching.discard(key)
 
-    def _claim(self, key: tuple[str, int]) -> bool | None:
-        """Claim the attempt for this process: True when it is ours, False when another live process
-        holds it, None when Redis cannot tell (the caller then looks for the task by its tags)."""
+    def _claim(self, key: tuple[str, int]) -> Claim | None:
+        """Claim the attempt for this process; None when Redis cannot tell (the caller then looks for
+        the task by its tags)."""
         if self._registry is None:
-            return True
+            return "new"
         try:
-            return self._registry.claim_orphan(
-                f"launch:{key[0]}:{key[1]}", self._owner, LAUNCH_CLAIM_TTL_SECONDS
-            )
+            return self._registry.claim(_claim_key(key), self._owner, LAUNCH_CLAIM_TTL_SECONDS)
         except OrchestratorError as e:
             log.warning(
                 "launch claim unavailable (%s); checking for the task by its tags", e, extra=emoji(WARNING)
             )
             return None
+
+    def _release(self, key: tuple[str, int]) -> None:
+        """A launch failed: give the claim up, so that the next try of the attempt may launch."""
+        if self._registry is None:
+            return
+        try:
+            self._registry.release_claim(_claim_key(key), self._owner)
+        except OrchestratorError as e:
+            log.warning("could not release the launch claim (%s)", e, extra=emoji(WARNING))
 
     def _adopt(self, key: tuple[str, int], handle: TaskHandle, how: str) -> TaskHandle:
         log.warning(

@@ -481,3 +481,19 @@ def test_an_expired_instance_is_reported_gone_to_exactly_one_caller(
     # Then both see the same live set, and exactly one of them is told the dead one is gone
     assert [alive for alive, _ in answers] == [{"first", "second"}] * 2
     assert sorted(gone for _, gone in answers) == [set(), {"dead"}]
+
+
+def test_claim_says_new_mine_or_other_and_release_gives_it_up(
+    registries: list[InstanceRegistry], client: RedisClient, prefix: str
+) -> None:
+    a = new_registry(registries, client, prefix, "a", lease=30)
+    b = new_registry(registries, client, prefix, "b", lease=30)
+    a.start()
+    b.start()
+    assert a.claim("launch:d:1", "a") == "new"
+    assert a.claim("launch:d:1", "a") == "mine"
+    assert b.claim("launch:d:1", "b") == "other"
+    b.release_claim("launch:d:1", "b")  # not b's: nothing happens
+    assert b.claim("launch:d:1", "b") == "other"
+    a.release_claim("launch:d:1", "a")
+    assert b.claim("launch:d:1", "b") == "new"

@@ -7,8 +7,9 @@ part in a task's life (the worker exits, the task fails to start) is played by s
 object, the way the launch tests do. moto ignores ``clientToken``, so the duplicate-launch tests check
 the orchestrator's own guard: a duplicate of an attempt whose task exists is adopted; one that arrives
 while the attempt's RunTask is still in flight waits in the delay queue and adopts the task then.
-Two strict ``xfail`` tests at the end show product bugs these tests found (:data:`SLOT_RELEASED`,
-:data:`RELAUNCHED`); each starts passing, and so fails, once its bug is fixed.
+The last two tests guard against two bugs these tests found: a turned-away redelivery freeing the
+slot of the launch still in flight, and a late same-attempt duplicate being launched again after the
+attempt's task had ended.
 """
 
 from __future__ import annotations
@@ -611,20 +612,7 @@ def test_two_instances_launching_the_same_attempt_at_once_make_one_run_task(
         assert {e.task_arn for e in events.events("ecs-race")} == {arn}
 
 
-# --- found while writing these tests: see each test's reason ----------------------------------------
-
-SLOT_RELEASED = (
-    "product bug: a redelivery turned away with LaunchInProgressError because this process is launching "
-    "the same attempt goes to Dispatcher._retry_same_attempt (actors/dispatcher.py), which tells the "
-    "RateLimiter Release(deploymentId): the slot of the launch still in flight is freed, so another job "
-    "runs beyond limits.max_concurrent"
-)
-RELAUNCHED = (
-    "product bug: a same-attempt retry (LaunchInProgressError) that comes back after the attempt's task "
-    "ended is launched again: TimeoutMonitor._ended calls GuardedLauncher.forget, and the Redis launch "
-    "claim, held by this same process, answers True again (coordination._CLAIM_ORPHAN), so "
-    "GuardedLauncher.launch neither adopts nor refuses: a second RunTask of a finished attempt"
-)
+# --- regressions found while writing these tests ----------------------------------------------------
 
 
 def queue_settled(name: str) -> bool:
@@ -655,7 +643,6 @@ def turn_away_a_redelivery(config: Config, launcher: EcsLauncher, deployment_id:
     return turned_away
 
 
-@pytest.mark.xfail(strict=True, reason=SLOT_RELEASED)
 def test_a_turned_away_redelivery_keeps_the_slot_of_the_launch_in_flight(fargate_config: Config) -> None:
     # Given one slot, held by a job whose RunTask is in flight while its redelivery was turned away
     config = with_overrides(
@@ -678,7 +665,6 @@ def test_a_turned_away_redelivery_keeps_the_slot_of_the_launch_in_flight(fargate
             go_on.set()
 
 
-@pytest.mark.xfail(strict=True, reason=RELAUNCHED)
 def test_a_same_attempt_retry_back_after_the_task_ended_is_not_launched_again(fargate_config: Config) -> None:
     # Given a redelivery turned away while the RunTask was in flight, and the task then ending at once
     config = with_overrides(fargate_config, limits__retry_delays=(WATCHED_TIER_SECONDS,))
