@@ -111,7 +111,9 @@ def register_pipeline(
         reconciler=Reconciler(launchers, registry, done_markers, me),
     )
     slots = coordination.slots
-    guards = {name: GuardedLauncher(launcher, me, registry) for name, launcher in launchers.items()}
+    guards = {
+        name: GuardedLauncher(launcher, me, registry, done_markers) for name, launcher in launchers.items()
+    }
     table = TaskTable()
 
     # Factories run at start_all, once every actor is added, so each can look up the handles of
