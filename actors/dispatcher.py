@@ -135,10 +135,23 @@ class DispatcherActor(SupervisedActor):
 
     def _launched(self, done: LaunchDone, handle: TaskHandle) -> None:
         job = done.request.job
-        if self._guard.follows_here(handle):
+        follower = self._guard.who_follows(handle)
+        if follower == "here":
             self._monitor.tell(Track(handle=handle, job=job))
         else:
             self._guard.forget(job.deployment_id, done.request.attempt)
+        if follower == "nobody":
+            log.warning(
+                "%s %s attempt %d already ended as %s; dropping the duplicate",
+                job.type,
+                job.deployment_id,
+                done.request.attempt,
+                handle.task_id,
+                extra=emoji(WARNING),
+            )
+            self._publisher.tell(Publish(ack=done.delivery))
+            self._release_unless_active(job.deployment_id)
+            return
         event = make_event(
             job.deployment_id,
             job.type,

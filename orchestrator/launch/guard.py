@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Final
+from typing import Final, Literal
 
 from orchestrator.coordination import Claim, DoneMarkers, InstanceRegistry
 from orchestrator.errors import LaunchError, OrchestratorError
@@ -42,6 +42,10 @@ class AttemptOverError(LaunchError):
 
     retryable = False
     counts_as_attempt = False
+
+
+#: See :meth:`GuardedLauncher.who_follows`.
+Follower = Literal["here", "owner", "nobody"]
 
 
 def _claim_key(key: tuple[str, int]) -> str:
@@ -94,25 +98,25 @@ class GuardedLauncher:
         with self._lock:
             return any(key[0] == deployment_id for key in (*self._launching, *self._known))
 
-    def follows_here(self, handle: TaskHandle) -> bool:
-        """Whether this process should track ``handle``.
+    def who_follows(self, handle: TaskHandle) -> Follower:
+        """Who tracks ``handle`` from here on.
 
-        Yes when it launched it, or when it claimed the task of a dead owner. No when its owner lives
-        (the owner follows it, not twice), or when its outcome was already handled (a late duplicate of
-        a job that has ended must not publish or retry that outcome again).
+        ``"here"`` when this process launched it or claimed it from a dead owner; ``"owner"`` when its
+        owner lives (it follows the task; no second tracker); ``"nobody"`` when its outcome was already
+        handled (a late duplicate of a job that has ended must not publish or retry it again).
         """
         if self._registry is None:
-            return True
+            return "here"
         try:
             if self._done is not None and self._done.done([handle.task_id]):
-                return False
+                return "nobody"
             if handle.instance_id == self._owner:
-                return True
+                return "here"
             if self._registry.is_alive(handle.instance_id):
-                return False
-            return self._registry.claim_orphan(handle.task_id, self._owner)
+                return "owner"
+            return "here" if self._registry.claim_orphan(handle.task_id, self._owner) else "owner"
         except OrchestratorError:
-            return True
+            return "here"
 
     def launch(self, request: LaunchRequest) -> TaskHandle:
         """Return the attempt's task: an existing one if any layer finds it, else a new launch.
