@@ -2,9 +2,10 @@
 
 Every orchestrator process holds a liveness lease (:class:`InstanceRegistry`); a live process adopts the
 tasks of an instance whose lease expired, and :meth:`InstanceRegistry.claim_orphan` makes sure exactly
-one process adopts each of them. :class:`StopMarkers` let a ``stop`` cancel a retry waiting in a delay
-queue whichever process consumes it, and :class:`LaunchMarkers` are the create-if-absent guard against
-launching one (deployment, attempt) twice.
+one process adopts each of them; :meth:`InstanceRegistry.claim` is also the create-if-absent guard
+against launching one (deployment, attempt) twice. :class:`StopMarkers` let a ``stop`` cancel a retry
+waiting in a delay queue whichever process consumes it; :class:`PendingRetries` and
+:class:`DoneMarkers` tell a stop, and an adopter, what already happened to a job.
 
 These are plain, thread-safe classes over redis-py; the actors wrap them. Every key lives under the
 configured prefix (``redis.key_prefix``). Times that several processes compare (lease expiries) are
@@ -54,8 +55,6 @@ DEFAULT_ADOPT_CLAIM_SECONDS: Final = 7 * 24 * 3600
 #: the calling actor up while Redis is really down.
 REDIS_RETRIES: Final = 1
 
-#: Separates the owner from the task id in a launch marker's value.
-LAUNCH_MARKER_SEPARATOR: Final = "|"
 #: ECS tag values allow letters, digits, spaces and ``_ . : / = + - @``; instance ids are tag values.
 _NOT_TAG_SAFE: Final = re.compile(r"[^A-Za-z0-9_.:/=+@-]")
 _HOSTNAME_MAX: Final = 200
@@ -104,7 +103,7 @@ def reply_text(value: bytes | str) -> str:
 def instance_id() -> str:
     """A new id for this orchestrator process: ``<hostname>-<pid>-<6 random hex>``.
 
-    Safe as an ECS tag value and in Redis keys, and never contains :data:`LAUNCH_MARKER_SEPARATOR`.
+    Safe as an ECS tag value and in Redis keys.
     """
     host = _NOT_TAG_SAFE.sub("-", socket.gethostname())[:_HOSTNAME_MAX] or "host"
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -548,109 +547,3 @@ class DoneMarkers:
         with redis_errors("reading done markers"):
             values = self._client.mget([self._key(t) for t in task_ids])
         return {task_id for task_id, value in zip(task_ids, values, strict=True) if value is not None}
-
-
-# --- launch markers -------------------------------------------------------------------------------
-
-# KEYS: marker key. ARGV: owner, ttl ms. Returns false when claimed now, else the current value.
-_CLAIM_LAUNCH: Final = """
-local current = redis.call('GET', KEYS[1])
-if current then return current end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
-"""
-
-# KEYS: marker key. ARGV: task id, separator. Keeps the owner and the TTL; 0 when the marker is gone.
-_RECORD_TASK: Final = """
-local current = redis.call('GET', KEYS[1])
-if not current then return 0 end
-local cut = string.find(current, ARGV[2], 1, true)
-local owner = current
-if cut then owner = string.sub(current, 1, cut - 1) end
-redis.call('SET', KEYS[1], owner .. ARGV[2] .. ARGV[1], 'KEEPTTL')
-return 1
-"""
-
-
-class LaunchMarkers:
-    """Create-if-absent markers that stop two processes launching the same (deployment, attempt).
-
-    ``{prefix}:launch:<deploymentId>:<attempt>`` holds ``<owner>`` once claimed, then
-    ``<owner>|<task_id>`` once the task is launched, so a later duplicate can adopt the task without
-    asking ECS.
-    """
-
-    def __init__(self, client: RedisClient, prefix: str) -> None:
-        self._client = client
-        self._prefix = prefix
-        self._claim_script = client.register_script(_CLAIM_LAUNCH)
-        self._record_script = client.register_script(_RECORD_TASK)
-
-    def _key(self, deployment_id: str, attempt: int) -> str:
-        return f"{self._prefix}:launch:{deployment_id}:{attempt}"
-
-    def claim(self, deployment_id: str, attempt: int, owner: str, ttl_seconds: int) -> str | None:
-        """Claim the launch of ``(deployment_id, attempt)`` for ``owner`` unless someone already has.
-
-        A second claim, even by the same owner (a redelivery to the same process), sees the marker: only
-        one caller ever gets None for a given marker.
-
-        Args:
-            deployment_id: the job's deployment id.
-            attempt: the attempt number (1-based).
-            owner: who launches, normally the instance id; must not contain ``|``.
-            ttl_seconds: how long the marker lives (at least as long as a duplicate may arrive).
-
-        Returns:
-            None when this call claimed it; otherwise the current value, ``<owner>`` or
-            ``<owner>|<task_id>`` (see :meth:`lookup` for it parsed).
-
-        Raises:
-            CoordinationError: Redis is down; nothing is claimed, so do not launch yet.
-        """
-        if LAUNCH_MARKER_SEPARATOR in owner:
-            raise ValueError(f"owner must not contain {LAUNCH_MARKER_SEPARATOR!r} (got {owner!r})")
-        if ttl_seconds <= 0:
-            raise ValueError(f"ttl_seconds must be greater than 0 (got {ttl_seconds})")
-        with redis_errors("claiming a launch"):
-            current = self._claim_script(
-                keys=[self._key(deployment_id, attempt)], args=[owner, ttl_seconds * 1000]
-            )
-        return None if current is None else reply_text(current)
-
-    def record_task(self, deployment_id: str, attempt: int, task_id: str) -> bool:
-        """Record the launched task's id in the marker (owner and TTL unchanged).
-
-        Returns:
-            True when recorded; False when the marker had already expired (nothing is written).
-
-        Raises:
-            CoordinationError: Redis is down; the marker keeps the owner only, and a duplicate will
-                have to find the task through the launcher.
-        """
-        with redis_errors("recording a launched task"):
-            recorded = self._record_script(
-                keys=[self._key(deployment_id, attempt)], args=[task_id, LAUNCH_MARKER_SEPARATOR]
-            )
-        if not recorded:
-            log.warning(
-                "launch marker of %s attempt %d expired before task %s was recorded",
-                deployment_id,
-                attempt,
-                task_id,
-                extra=emoji(WARNING),
-            )
-        return bool(recorded)
-
-    def lookup(self, deployment_id: str, attempt: int) -> tuple[str, str | None] | None:
-        """The marker of ``(deployment_id, attempt)`` as ``(owner, task_id or None)``; None if absent.
-
-        Raises:
-            CoordinationError: Redis is down.
-        """
-        with redis_errors("reading a launch marker"):
-            value = self._client.get(self._key(deployment_id, attempt))
-        if value is None:
-            return None
-        owner, separator, task_id = reply_text(value).partition(LAUNCH_MARKER_SEPARATOR)
-        return owner, (task_id if separator else None)

@@ -17,7 +17,6 @@ from orchestrator.config import LAUNCHERS, Config
 from orchestrator.coordination import (
     DoneMarkers,
     InstanceRegistry,
-    LaunchMarkers,
     PendingRetries,
     StopMarkers,
     connect_redis,
@@ -106,7 +105,6 @@ def register_pipeline(
         stop_markers=StopMarkers(client, prefix),
         pending_retries=PendingRetries(client, prefix),
         done_markers=done_markers,
-        launch_markers=LaunchMarkers(client, prefix),
         registry=registry,
         reconciler=Reconciler(launchers, registry, done_markers, me),
     )

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from orchestrator.coordination import (
     DoneMarkers,
     InstanceRegistry,
-    LaunchMarkers,
     PendingRetries,
     StopMarkers,
 )
@@ -28,6 +27,5 @@ class Coordination:
     stop_markers: StopMarkers
     pending_retries: PendingRetries
     done_markers: DoneMarkers
-    launch_markers: LaunchMarkers
     registry: InstanceRegistry
     reconciler: Reconciler

@@ -249,7 +249,6 @@ def stage_monitor(count: int) -> dict[str, Any]:
     from orchestrator.coordination import (
         DoneMarkers,
         InstanceRegistry,
-        LaunchMarkers,
         PendingRetries,
         StopMarkers,
         connect_redis,
@@ -279,7 +278,6 @@ def stage_monitor(count: int) -> dict[str, Any]:
         stop_markers=StopMarkers(client, prefix),
         pending_retries=PendingRetries(client, prefix),
         done_markers=done,
-        launch_markers=LaunchMarkers(client, prefix),
         registry=registry,
         reconciler=Reconciler({"fargate": launcher}, registry, done, me),
     )

@@ -10,9 +10,8 @@ from functools import partial
 import pytest
 
 from orchestrator.coordination import (
-    LAUNCH_MARKER_SEPARATOR,
     ConnectivityReporter,
-    LaunchMarkers,
+    InstanceRegistry,
     RedisClient,
     StopMarkers,
     instance_id,
@@ -23,7 +22,6 @@ from .hammering import run_threads
 from .waiting import wait_until
 
 TAG_VALUE = re.compile(r"^[A-Za-z0-9_.:/=+@ -]{1,256}$")
-ARN = "arn:aws:ecs:us-east-1:123456789012:task/builds/0123456789abcdef"
 
 
 # --- plain logic ----------------------------------------------------------------------------------
@@ -34,7 +32,6 @@ def test_instance_ids_are_unique_and_safe_as_ecs_tag_values() -> None:
     assert len(ids) == 50
     for value in ids:
         assert TAG_VALUE.match(value), value
-        assert LAUNCH_MARKER_SEPARATOR not in value
         assert re.search(r"-\d+-[0-9a-f]{6}$", value), value
 
 
@@ -104,76 +101,33 @@ def test_stop_marker_needs_a_positive_ttl(client: RedisClient, prefix: str, ttl:
         StopMarkers(client, prefix).mark("d1", ttl)
 
 
-# --- launch markers -------------------------------------------------------------------------------
+# --- claims --------------------------------------------------------------------------------------
 
 
 @pytest.mark.services
-def test_launch_is_claimed_once_and_the_second_claim_sees_the_holder(
-    client: RedisClient, prefix: str
-) -> None:
-    markers = LaunchMarkers(client, prefix)
-    assert markers.claim("d1", 1, "proc-a", 600) is None
-    assert markers.claim("d1", 1, "proc-b", 600) == "proc-a"
-    assert markers.claim("d1", 1, "proc-a", 600) == "proc-a", (
-        "a redelivery to the same process is a duplicate"
-    )
-    assert markers.claim("d1", 2, "proc-b", 600) is None, "the next attempt is a new launch"
-    assert markers.lookup("d1", 1) == ("proc-a", None)
-    assert 590 <= client.ttl(f"{prefix}:launch:d1:1") <= 600
-
-
-@pytest.mark.services
-def test_recorded_task_is_found_by_a_later_duplicate(client: RedisClient, prefix: str) -> None:
-    # Given process A claimed and launched the task
-    markers = LaunchMarkers(client, prefix)
-    assert markers.claim("d1", 1, "proc-a", 600) is None
-    assert markers.record_task("d1", 1, ARN)
-
-    # When a duplicate arrives at B, Then it learns who launched which task, and the TTL is unchanged
-    assert markers.claim("d1", 1, "proc-b", 600) == f"proc-a|{ARN}"
-    assert markers.lookup("d1", 1) == ("proc-a", ARN)
-    assert 590 <= client.ttl(f"{prefix}:launch:d1:1") <= 600
-
-    # And recording again (a retried call) keeps one owner and the latest task id
-    assert markers.record_task("d1", 1, "local-d1-1")
-    assert markers.lookup("d1", 1) == ("proc-a", "local-d1-1")
-
-
-@pytest.mark.services
-def test_recording_into_an_expired_marker_writes_nothing(client: RedisClient, prefix: str) -> None:
-    markers = LaunchMarkers(client, prefix)
-    assert not markers.record_task("gone", 1, ARN)
-    assert markers.lookup("gone", 1) is None
-    assert not client.exists(f"{prefix}:launch:gone:1")
-
-
-@pytest.mark.services
-def test_exactly_one_of_eight_concurrent_launch_claims_wins(client: RedisClient, prefix: str) -> None:
-    markers = LaunchMarkers(client, prefix)
-    results: list[tuple[int, str, str | None]] = []  # (attempt, owner, what claim() returned)
+def test_exactly_one_of_eight_concurrent_claims_wins(client: RedisClient, prefix: str) -> None:
+    registries = [InstanceRegistry(client, prefix, f"proc-{n}", 30) for n in range(8)]
+    for registry in registries:
+        registry.start()
+    results: list[tuple[int, str, str]] = []  # (attempt, owner, what claim() returned)
     lock = threading.Lock()
     start = threading.Barrier(8, timeout=10)
 
-    def claim(owner: str) -> None:
+    def claim(registry: InstanceRegistry) -> None:
         start.wait()
         for attempt in range(1, 21):
-            got = markers.claim("d1", attempt, owner, 60)
+            got = registry.claim(f"launch:d1:{attempt}", registry.instance_id, 60)
             with lock:
-                results.append((attempt, owner, got))
+                results.append((attempt, registry.instance_id, got))
 
-    run_threads([partial(claim, f"proc-{n}") for n in range(8)])
-
+    try:
+        run_threads([partial(claim, registry) for registry in registries])
+    finally:
+        for registry in registries:
+            registry.stop()
     for attempt in range(1, 21):
-        seen = [(owner, got) for n, owner, got in results if n == attempt]
-        winners = [owner for owner, got in seen if got is None]
-        assert len(winners) == 1, seen
-        assert all(got == winners[0] for _, got in seen if got is not None), seen
-
-
-@pytest.mark.services
-def test_launch_claim_rejects_an_owner_with_the_separator(client: RedisClient, prefix: str) -> None:
-    with pytest.raises(ValueError, match="owner"):
-        LaunchMarkers(client, prefix).claim("d1", 1, "a|b", 60)
+        seen = [got for n, _, got in results if n == attempt]
+        assert sorted(seen) == ["new"] + ["other"] * 7, seen
 
 
 # --- Redis unreachable ----------------------------------------------------------------------------
@@ -183,14 +137,13 @@ def test_markers_raise_coordination_errors_while_redis_is_unreachable(
     down_redis: RedisClient, prefix: str
 ) -> None:
     stops = StopMarkers(down_redis, prefix)
-    launches = LaunchMarkers(down_redis, prefix)
+    registry = InstanceRegistry(down_redis, prefix, "proc-a", 30)
     calls: list[Callable[[], object]] = [
         lambda: stops.mark("d1", 60),
         lambda: stops.is_marked("d1"),
         lambda: stops.clear("d1"),
-        lambda: launches.claim("d1", 1, "proc-a", 60),
-        lambda: launches.record_task("d1", 1, ARN),
-        lambda: launches.lookup("d1", 1),
+        lambda: registry.claim("launch:d1:1", "proc-a", 60),
+        lambda: registry.release_claim("launch:d1:1", "proc-a"),
     ]
     for call in calls:
         with pytest.raises(CoordinationError) as caught:
