@@ -140,19 +140,7 @@ def request_for(job: SourceJob, instance: str, now: float) -> LaunchRequest:
 
 def handle_for(request: LaunchRequest, arn: str, cluster: str) -> TaskHandle:
     """The handle EcsLauncher.launch builds for ``request`` once RunTask answered ``arn``."""
-    job = request.job
-    return TaskHandle(
-        launcher="fargate",
-        task_id=arn,
-        deployment_id=job.deployment_id,
-        attempt=request.attempt,
-        job_type=job.type,
-        instance_id=request.instance_id,
-        launched_at=time.time(),
-        start_deadline=request.start_deadline,
-        deadline=request.deadline,
-        cluster=cluster,
-    )
+    return TaskHandle.launched(request, launcher="fargate", task_id=arn, cluster=cluster)
 
 
 # --- memory stages (each in its own process) ----------------------------------------------------------

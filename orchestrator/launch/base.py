@@ -11,6 +11,7 @@ only in this process's memory.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
@@ -75,6 +76,24 @@ class TaskHandle(msgspec.Struct, frozen=True, kw_only=True):
     deadline: float | None
     #: The ECS cluster the task runs in (None for local tasks).
     cluster: str | None = None
+
+    @classmethod
+    def launched(
+        cls, request: LaunchRequest, *, launcher: str, task_id: str, cluster: str | None = None
+    ) -> TaskHandle:
+        """The handle of the task just launched for ``request``."""
+        return cls(
+            launcher=launcher,
+            task_id=task_id,
+            deployment_id=request.job.deployment_id,
+            attempt=request.attempt,
+            job_type=request.job.type,
+            instance_id=request.instance_id,
+            launched_at=time.time(),
+            start_deadline=request.start_deadline,
+            deadline=request.deadline,
+            cluster=cluster,
+        )
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):

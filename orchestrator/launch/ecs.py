@@ -329,18 +329,7 @@ class EcsLauncher:
         if not tasks:
             raise CapacityError("RunTask started no task and reported no failure")
         arn = str(tasks[0]["taskArn"])
-        handle = TaskHandle(
-            launcher=self.name,
-            task_id=arn,
-            deployment_id=request.job.deployment_id,
-            attempt=request.attempt,
-            job_type=request.job.type,
-            instance_id=request.instance_id,
-            launched_at=time.time(),
-            start_deadline=request.start_deadline,
-            deadline=request.deadline,
-            cluster=self.ecs.cluster,
-        )
+        handle = TaskHandle.launched(request, launcher=self.name, task_id=arn, cluster=self.ecs.cluster)
         log.debug(
             "launched %s attempt %d on %s: %s",
             request.job.deployment_id,

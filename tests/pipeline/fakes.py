@@ -57,19 +57,13 @@ class InstantLauncher:
         self.launch_started.set()
         if self.gate is not None:
             self.gate.wait(timeout=30)
-        now = time.time()
         job = request.job
-        handle = TaskHandle(
+        handle = TaskHandle.launched(
+            request,
             launcher=self.name,
             task_id=f"fake-{job.deployment_id}-{request.attempt}-{next(self._ids)}",
-            deployment_id=job.deployment_id,
-            attempt=request.attempt,
-            job_type=job.type,
-            instance_id=request.instance_id,
-            launched_at=now,
-            start_deadline=request.start_deadline,
-            deadline=request.deadline,
         )
+        now = handle.launched_at
         with self._lock:
             self.requests.append(request)
             self._tasks[handle.task_id] = (handle, job)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,12 +17,44 @@ import redis
 
 from orchestrator.config import Config
 from orchestrator.launch.base import Launcher
-from orchestrator.messages import EVENT_DECODER, StatusEvent
+from orchestrator.messages import EVENT_DECODER, BuildJob, StatusEvent, encode
 from orchestrator.pipeline import register_pipeline
 from orchestrator.runtime.health import HealthBoard
 from orchestrator.runtime.supervisor import Supervisor
 
 DEFAULT_WAIT = 30.0
+REPOSITORY = "https://github.com/blacktree-dev/app.git"
+
+
+def build_job(deployment_id: str, repository: str = REPOSITORY) -> bytes:
+    """A minimal build job's body."""
+    return encode(BuildJob(deployment_id=deployment_id, repository=repository))
+
+
+def stop_job(deployment_id: str) -> bytes:
+    """A stop job's body."""
+    return encode({"type": "stop", "deploymentId": deployment_id})
+
+
+def own_connections(role: str = "") -> str:
+    """What identifies this process's connections (of ``role``: consumer, publisher:...) in
+    ``rabbitmqctl list_connections`` (the broker layer names every connection so)."""
+    return f"{role} {socket.gethostname()} pid={os.getpid()} ".lstrip()
+
+
+def close_connections_named(fragment: str) -> int:
+    """Close, from the broker's side, every connection whose client properties contain ``fragment``."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    pids = [line.split("\t", 1)[0] for line in listed.splitlines() if fragment in line]
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True, timeout=60)
+    return len(pids)
 
 
 def with_overrides(config: Config, **keys: Any) -> Config:

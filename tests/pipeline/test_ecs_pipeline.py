@@ -18,7 +18,6 @@ import contextlib
 import copy
 import os
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -43,10 +42,13 @@ from orchestrator.retry import REASON_HEADER
 
 from .harness import (
     EventCollector,
+    close_connections_named,
     drain_queue,
+    own_connections,
     publish,
     queue_depth,
     running_pipeline,
+    stop_job,
     wait_until,
     with_overrides,
 )
@@ -104,10 +106,6 @@ def build_job(deployment_id: str) -> bytes:
             auto_deploy=False,
         )
     )
-
-
-def stop_job(deployment_id: str) -> bytes:
-    return encode({"type": "stop", "deploymentId": deployment_id})
 
 
 def moto_tasks() -> dict[str, Any]:
@@ -266,22 +264,6 @@ def deleted_afterwards(config: Config, *queues: str) -> Iterator[None]:
                 connection.channel().queue_delete(name)
         finally:
             connection.close()
-
-
-def close_own_consumer_connections() -> int:
-    """Close this process's consuming AMQP connections from the broker's side; returns how many."""
-    own = f"consumer {socket.gethostname()} pid={os.getpid()} "
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    pids = [line.split("\t", 1)[0] for line in listed.splitlines() if own in line]
-    for pid in pids:
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True, timeout=60)
-    return len(pids)
 
 
 # --- Fargate: the request, the events, the end --------------------------------------------------------
@@ -567,7 +549,7 @@ def test_a_redelivery_while_run_task_is_in_flight_waits_then_adopts_the_task(far
         assert in_flight.wait(20), "the first RunTask"
 
         # When the consumer's connection drops meanwhile, so the broker redelivers the job
-        assert close_own_consumer_connections() == 1
+        assert close_connections_named(own_connections("consumer")) == 1
 
         # Then the redelivery is not launched: it waits in the delay queue (no event, same attempt)
         wait_until(lambda: queue_depth(config, retry_queue(config)) == 1, what="the redelivery to wait")
@@ -638,7 +620,7 @@ def turn_away_a_redelivery(config: Config, launcher: EcsLauncher, deployment_id:
     in_flight = hold_first_call(launcher, "before-call.ecs.RunTask", until=turned_away)
     publish(config, build_job(deployment_id))
     assert in_flight.wait(20), "the first RunTask"
-    assert close_own_consumer_connections() == 1
+    assert close_connections_named(own_connections("consumer")) == 1
     wait_until(lambda: queue_depth(config, retry_queue(config)) == 1, what="the redelivery to wait")
     return turned_away
 

@@ -9,30 +9,22 @@ import pytest
 
 from orchestrator.config import Config, TypeConfig
 from orchestrator.launch.base import client_token
-from orchestrator.messages import JOB_DECODER, BuildJob, encode
+from orchestrator.messages import JOB_DECODER, encode
 
 from .fakes import InstantLauncher
 from .harness import (
     EventCollector,
+    build_job,
     drain_queue,
     publish,
     queue_depth,
     running_pipeline,
+    stop_job,
     wait_until,
     with_overrides,
 )
 
 pytestmark = pytest.mark.services
-
-
-def build_job(deployment_id: str) -> bytes:
-    return encode(
-        BuildJob(deployment_id=deployment_id, repository="https://github.com/blacktree-dev/app.git")
-    )
-
-
-def stop_job(deployment_id: str) -> bytes:
-    return encode({"type": "stop", "deploymentId": deployment_id})
 
 
 def assert_seq_increases(events: list[msgspec.Struct]) -> None:

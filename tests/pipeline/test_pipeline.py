@@ -6,9 +6,6 @@ status.queue and the Redis channel, messages in execute.dlq, launches the launch
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import threading
 
 import msgspec
@@ -17,13 +14,16 @@ from support import unique
 
 from orchestrator.broker.consumer import ATTEMPT_HEADER
 from orchestrator.config import Config
-from orchestrator.messages import JOB_DECODER, BuildJob, encode
+from orchestrator.messages import JOB_DECODER, encode
 from orchestrator.retry import REASON_CLASS_HEADER, REASON_HEADER
 
 from .fakes import InstantLauncher
 from .harness import (
     EventCollector,
+    build_job,
+    close_connections_named,
     drain_queue,
+    own_connections,
     publish,
     queue_depth,
     running_pipeline,
@@ -32,12 +32,6 @@ from .harness import (
 )
 
 pytestmark = pytest.mark.services
-
-
-def build_job(deployment_id: str) -> bytes:
-    return encode(
-        BuildJob(deployment_id=deployment_id, repository="https://github.com/blacktree-dev/app.git")
-    )
 
 
 def test_a_job_is_dispatched_then_succeeds_on_both_sinks(pipeline_config: Config) -> None:
@@ -151,25 +145,6 @@ def test_concurrency_limit_holds_and_every_job_finishes(pipeline_config: Config)
     assert all(events.statuses(d).count("queued") <= 1 for d in ids)
 
 
-def _own_connections(role: str = "") -> str:
-    """What identifies this process's connections (of ``role``) in ``rabbitmqctl list_connections``."""
-    return f"{role} {socket.gethostname()} pid={os.getpid()} ".lstrip()
-
-
-def _close_connections_named(fragment: str) -> int:
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    pids = [line.split("\t", 1)[0] for line in out.splitlines() if fragment in line]
-    for pid in pids:
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True, timeout=60)
-    return len(pids)
-
-
 def test_a_redelivered_job_is_adopted_not_launched_again(pipeline_config: Config) -> None:
     # Given a launch that is held until the consumer's connection is gone, so its ack is stale
     gate = threading.Event()
@@ -178,7 +153,7 @@ def test_a_redelivered_job_is_adopted_not_launched_again(pipeline_config: Config
         publish(pipeline_config, build_job("twice-1"))
         assert launcher.launch_started.wait(20)
         # When the connection drops before the ack
-        assert _close_connections_named(_own_connections("consumer")) == 1
+        assert close_connections_named(own_connections("consumer")) == 1
         gate.set()
         # Then the broker redelivers it, and the guard adopts the running task
         assert events.wait_terminal("twice-1").status == "succeeded"
@@ -198,7 +173,7 @@ def test_no_job_is_lost_when_the_broker_connections_drop_mid_stream(pipeline_con
         for n, deployment_id in enumerate(ids):
             publish(pipeline_config, build_job(deployment_id))
             if n == 15:
-                assert _close_connections_named(_own_connections()) >= 2
+                assert close_connections_named(own_connections()) >= 2
         for deployment_id in ids:
             assert events.wait_terminal(deployment_id, timeout=60).status == "succeeded"
     launched = [r.job.deployment_id for r in launcher.requests]
