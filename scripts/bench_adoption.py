@@ -24,11 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from pipeline.harness import EventCollector, publish, wait_until, with_overrides  # noqa: E402
+from pipeline.harness import EventCollector, publish, wait_until  # noqa: E402
 from pipeline.processes import OrchestratorProcess  # noqa: E402
-from support import AMQP_URL, REDIS_URL, unique  # noqa: E402
+from support import isolated_config, with_overrides  # noqa: E402
 
-from orchestrator.config import load_config  # noqa: E402
 from orchestrator.messages import BuildJob, encode  # noqa: E402
 
 WORKER_SECONDS = 120
@@ -43,25 +42,15 @@ def running_gauge(port: int) -> float:
 
 
 def one_run(lease: int, jobs: int, work: Path) -> tuple[float, int]:
-    base = unique("adopt")
-    config = with_overrides(
-        load_config(environ={}),
-        broker__url=AMQP_URL,
-        broker__exchange=f"{base}.x",
-        broker__execute_queue=f"{base}.execute",
-        broker__dlq=f"{base}.dlq",
-        broker__retry_queue_prefix=f"{base}.retry",
+    config = isolated_config(
+        "adopt",
         broker__queue_type="classic",
-        redis__url=REDIS_URL,
-        redis__key_prefix=base,
-        status__queue=f"{base}.status",
-        status__redis_channel=f"{base}.status",
         limits__lease_seconds=lease,
         limits__poll_seconds=0.5,
-        local__state_dir=str(work / base / "state"),
         local__command=f"{sys.executable} -c 'import time; time.sleep({WORKER_SECONDS})'",
-        http__host="127.0.0.1",
     )
+    base = config.redis.key_prefix
+    config = with_overrides(config, local__state_dir=str(work / base / "state"))
     victim = OrchestratorProcess(config, work / f"{base}-victim.log").start()
     survivor = OrchestratorProcess(config, work / f"{base}-survivor.log").start()
     try:

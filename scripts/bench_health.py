@@ -125,32 +125,14 @@ def serve_pipeline() -> None:
     root = Path(__file__).resolve().parent.parent
     sys.path[:0] = [str(root), str(root / "tests")]
     from pipeline.fakes import InstantLauncher
-    from pipeline.harness import with_overrides
-    from support import AMQP_URL, REDIS_URL, unique
+    from support import AMQP_URL, delete_broker_objects, isolated_config
 
-    from orchestrator.config import load_config
     from orchestrator.http import HttpServer
     from orchestrator.messages import BuildJob, encode
     from orchestrator.pipeline import register_pipeline
     from orchestrator.runtime import HealthBoard, Supervisor
 
-    base = unique("health")
-    config = with_overrides(
-        load_config(environ={}),
-        broker__url=AMQP_URL,
-        broker__exchange=f"{base}.x",
-        broker__execute_queue=f"{base}.execute",
-        broker__dlq=f"{base}.dlq",
-        broker__retry_queue_prefix=f"{base}.retry",
-        redis__url=REDIS_URL,
-        redis__key_prefix=base,
-        status__queue=f"{base}.status",
-        status__redis_channel=f"{base}.status",
-        limits__max_concurrent=100_000,
-        limits__poll_seconds=0.5,
-        http__host="127.0.0.1",
-        http__port=0,
-    )
+    config = isolated_config("health", limits__max_concurrent=100_000, limits__poll_seconds=0.5)
     board = HealthBoard(config.http.stuck_after_seconds)
     supervisor = Supervisor(config.supervision, board, on_give_up=lambda name, exc: None)
     launcher = InstantLauncher(run_seconds=2.0)
@@ -186,14 +168,7 @@ def serve_pipeline() -> None:
     publisher.join(timeout=10)
     server.stop()
     supervisor.stop_all(timeout=30)
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    channel = connection.channel()
-    for queue in (config.broker.execute_queue, config.broker.dlq, config.status.queue):
-        channel.queue_delete(queue)
-    for delay in config.limits.retry_delays:
-        channel.queue_delete(f"{config.broker.retry_queue_prefix}.{delay}s")
-    channel.exchange_delete(config.broker.exchange)
-    connection.close()
+    delete_broker_objects(config)
     print(json.dumps({"per_second": {"jobs": round(offered / max(elapsed, 1e-9), 1)}}), flush=True)
 
 

@@ -71,11 +71,10 @@ from bench_status_collector import (  # noqa: E402
     decode_collected,
 )
 from pipeline.fakes import InstantLauncher  # noqa: E402
-from pipeline.harness import with_overrides  # noqa: E402
-from support import AMQP_URL, REDIS_URL, RUN_ID, unique  # noqa: E402
+from support import AMQP_URL, RUN_ID, isolated_config  # noqa: E402
 
 from orchestrator.broker.topology import declare_topology, retry_queue_name  # noqa: E402
-from orchestrator.config import DEFAULT_PREFETCH, Config, load_config  # noqa: E402
+from orchestrator.config import DEFAULT_PREFETCH, Config  # noqa: E402
 from orchestrator.logs import FAILURE, PROGRESS, SUCCESS, WARNING, TextFormatter  # noqa: E402
 from orchestrator.messages import BuildJob, encode  # noqa: E402
 from orchestrator.pipeline import register_pipeline  # noqa: E402
@@ -191,28 +190,16 @@ def bench_config(
     launch_burst: int = UNPACED_LAUNCH_BURST,
 ) -> Config:
     """A config whose queues, exchange, Redis channel and key prefix belong to this measurement."""
-    base = unique("bench")
-    return with_overrides(
-        load_config(environ={}),
-        broker__url=AMQP_URL,
-        broker__exchange=f"{base}.x",
-        broker__execute_queue=f"{base}.execute",
-        broker__dlq=f"{base}.dlq",
-        broker__retry_queue_prefix=f"{base}.retry",
+    return isolated_config(
+        "bench",
         broker__queue_type=queue_type,
         broker__prefetch=variant.prefetch,
-        redis__url=REDIS_URL,
-        redis__key_prefix=f"{base}.redis",
-        status__queue=f"{base}.status",
-        status__redis_channel=f"{base}.status",
         status__sinks=variant.sinks,
         limits__max_concurrent=MAX_CONCURRENT,
         limits__poll_seconds=POLL_SECONDS,
         ecs__launch_rate=launch_rate,
         ecs__launch_burst=launch_burst,
         local__state_dir=state_dir,
-        http__host="127.0.0.1",
-        http__port=0,
         shutdown__drain_seconds=DRAIN_SECONDS,
     )
 

@@ -6,13 +6,12 @@ import contextlib
 import subprocess
 from collections.abc import Iterator
 
-import msgspec
 import pika
 import pytest
 import redis
-from support import AMQP_URL, REDIS_URL, RUN_ID, unique
+from support import AMQP_URL, REDIS_URL, RUN_ID, delete_broker_objects, isolated_config, unique
 
-from orchestrator.config import Config, load_config
+from orchestrator.config import Config
 
 __all__ = ["AMQP_URL", "REDIS_URL", "unique"]
 
@@ -52,48 +51,11 @@ def service_config(tmp_path: pytest.TempPathFactory) -> Iterator[Config]:
 
     The queues it names are deleted afterwards.
     """
-    base = unique("q")
-    config = load_config(environ={})
-    config = msgspec.structs.replace(
-        config,
-        broker=msgspec.structs.replace(
-            config.broker,
-            url=AMQP_URL,
-            exchange=f"{base}.x",
-            execute_queue=f"{base}.execute",
-            dlq=f"{base}.dlq",
-            retry_queue_prefix=f"{base}.retry",
-            queue_type="classic",
-        ),
-        redis=msgspec.structs.replace(config.redis, url=REDIS_URL),
-        status=msgspec.structs.replace(config.status, queue=f"{base}.status", redis_channel=f"{base}.status"),
-        local=msgspec.structs.replace(config.local, state_dir=str(tmp_path)),
-        http=msgspec.structs.replace(config.http, host="127.0.0.1", port=0),
-    )
+    config = isolated_config("q", broker__queue_type="classic", local__state_dir=str(tmp_path))
     try:
         yield config
     finally:
-        _delete_queues(config)
-
-
-def _delete_queues(config: Config) -> None:
-    names = [config.broker.execute_queue, config.broker.dlq, config.status.queue]
-    names += [f"{config.broker.retry_queue_prefix}.{d}s" for d in config.limits.retry_delays]
-    try:
-        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    except pika.exceptions.AMQPError:
-        return
-    try:
-        for name in names:
-            channel = connection.channel()
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                channel.queue_delete(name)
-        channel = connection.channel()
-        with contextlib.suppress(pika.exceptions.AMQPError):
-            channel.exchange_delete(config.broker.exchange)
-    finally:
-        if connection.is_open:
-            connection.close()
+        delete_broker_objects(config)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from support import unique
+from support import unique, with_overrides
 
 from orchestrator.config import Config
-
-from .harness import with_overrides
 
 
 @pytest.fixture

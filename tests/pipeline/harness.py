@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import msgspec
 import pika
 import redis
 
@@ -55,21 +54,6 @@ def close_connections_named(fragment: str) -> int:
     for pid in pids:
         subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True, timeout=60)
     return len(pids)
-
-
-def with_overrides(config: Config, **keys: Any) -> Config:
-    """``with_overrides(c, limits__max_concurrent=2)``: a copy of ``config`` with those keys changed."""
-    sections: dict[str, dict[str, Any]] = {}
-    for dotted, value in keys.items():
-        section, key = dotted.split("__", 1)
-        sections.setdefault(section, {})[key] = value
-    return msgspec.structs.replace(
-        config,
-        **{
-            name: msgspec.structs.replace(getattr(config, name), **values)
-            for name, values in sections.items()
-        },
-    )
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = DEFAULT_WAIT, what: str = "condition") -> None:

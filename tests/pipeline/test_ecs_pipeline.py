@@ -32,7 +32,7 @@ from launch import conftest as launch_fixtures
 from launch.conftest import CLUSTER, CONTAINER, REGION, STARTED_BY, EcsWorld
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ecs.models import ecs_backends
-from support import unique
+from support import unique, with_overrides
 
 from orchestrator.config import Config, load_config
 from orchestrator.launch.base import client_token
@@ -50,7 +50,6 @@ from .harness import (
     running_pipeline,
     stop_job,
     wait_until,
-    with_overrides,
 )
 
 pytestmark = pytest.mark.services

@@ -6,6 +6,7 @@ import time
 
 import msgspec
 import pytest
+from support import with_overrides
 
 from orchestrator.config import Config, TypeConfig
 from orchestrator.launch.base import client_token
@@ -21,7 +22,6 @@ from .harness import (
     running_pipeline,
     stop_job,
     wait_until,
-    with_overrides,
 )
 
 pytestmark = pytest.mark.services

@@ -10,7 +10,7 @@ import threading
 
 import msgspec
 import pytest
-from support import unique
+from support import unique, with_overrides
 
 from orchestrator.broker.consumer import ATTEMPT_HEADER
 from orchestrator.config import Config
@@ -28,7 +28,6 @@ from .harness import (
     queue_depth,
     running_pipeline,
     wait_until,
-    with_overrides,
 )
 
 pytestmark = pytest.mark.services

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import with_overrides
 
 from orchestrator.config import Config
 from orchestrator.messages import BuildJob, encode
 
-from .harness import EventCollector, publish, wait_until, with_overrides
+from .harness import EventCollector, publish, wait_until
 from .processes import OrchestratorProcess
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import with_overrides
 
 from orchestrator.config import Config
 from orchestrator.messages import BuildJob, encode
 
 from .fakes import InstantLauncher
-from .harness import queue_depth, running_pipeline, with_overrides
+from .harness import queue_depth, running_pipeline
 from .processes import config_environment
 
 pytestmark = pytest.mark.services
