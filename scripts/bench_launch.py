@@ -21,12 +21,18 @@ import argparse
 import logging
 import math
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from launch.helpers import fargate_network
 
 from orchestrator.config import load_config
 from orchestrator.errors import LaunchError
@@ -54,19 +60,7 @@ def make_world(endpoint: str) -> dict[str, str]:
     """Subnet, security group, cluster and a Fargate task definition in moto."""
     ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=endpoint)
     ecs = boto3.client("ecs", region_name=REGION, endpoint_url=endpoint)
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/17")["Subnet"]["SubnetId"]
-    group = ec2.create_security_group(GroupName="bench", Description="bench", VpcId=vpc)["GroupId"]
-    ecs.create_cluster(clusterName=CLUSTER)
-    task_definition = ecs.register_task_definition(
-        family="bench-worker",
-        networkMode="awsvpc",
-        requiresCompatibilities=["FARGATE"],
-        cpu="256",
-        memory="512",
-        containerDefinitions=[{"name": "worker", "image": "worker", "memory": 512, "essential": True}],
-    )["taskDefinition"]["taskDefinitionArn"]
+    subnet, group, task_definition = fargate_network(ec2, ecs, CLUSTER, "bench-worker")
     return {
         "ORCH_LAUNCHER_DEFAULT": "fargate",
         "ORCH_ECS_REGION": REGION,

@@ -57,6 +57,9 @@ def rss_kb() -> int:
 # Read before the orchestrator is imported: the interpreter and the standard library only.
 START_RSS_KB: Final = rss_kb()
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from launch.helpers import fargate_network  # noqa: E402 - the tests' moto world
+
 from orchestrator.config import Config, load_config  # noqa: E402 - after the reading above
 from orchestrator.launch.base import LaunchRequest, TaskHandle, TaskState  # noqa: E402
 from orchestrator.messages import SourceJob, encode  # noqa: E402
@@ -383,19 +386,7 @@ def print_ecs_calls(count: int) -> None:
     with mock_aws():
         ec2 = boto3.client("ec2", region_name=REGION)
         ecs = boto3.client("ecs", region_name=REGION)
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.0.0/17")["Subnet"]["SubnetId"]
-        group = ec2.create_security_group(GroupName="bench", Description="bench", VpcId=vpc)["GroupId"]
-        ecs.create_cluster(clusterName=CLUSTER)
-        task_definition = ecs.register_task_definition(
-            family="blacktree-worker",
-            networkMode="awsvpc",
-            requiresCompatibilities=["FARGATE"],
-            cpu="256",
-            memory="512",
-            containerDefinitions=[{"name": "worker", "image": "worker", "memory": 512, "essential": True}],
-        )["taskDefinition"]["taskDefinitionArn"]
+        subnet, group, task_definition = fargate_network(ec2, ecs, CLUSTER, "blacktree-worker")
         config = bench_config(
             ORCH_ECS_TASK_DEFINITION=task_definition, ORCH_ECS_SUBNETS=subnet, ORCH_ECS_SECURITY_GROUPS=group
         )

@@ -80,6 +80,7 @@ class GuardedLauncher:
         self._known: dict[tuple[str, int], TaskHandle] = {}
         self._launching: set[tuple[str, int]] = set()
         self._suspect: set[tuple[str, int]] = set()
+        self._adopted: set[str] = set()
 
     def expect_duplicate(self, deployment_id: str, attempt: int) -> None:
         """Mark an attempt as possibly launched already (its delivery was redelivered)."""
@@ -89,8 +90,10 @@ class GuardedLauncher:
     def forget(self, deployment_id: str, attempt: int) -> None:
         """The attempt is over; drop it from the in-process layer."""
         with self._lock:
-            self._known.pop((deployment_id, attempt), None)
+            handle = self._known.pop((deployment_id, attempt), None)
             self._suspect.discard((deployment_id, attempt))
+            if handle is not None:
+                self._adopted.discard(handle.task_id)
 
     def active_here(self, deployment_id: str) -> bool:
         """Whether this process is launching, or has launched and still follows, an attempt of the
@@ -105,8 +108,10 @@ class GuardedLauncher:
         owner lives (it follows the task; no second tracker); ``"nobody"`` when its outcome was already
         handled (a late duplicate of a job that has ended must not publish or retry it again).
         """
-        if self._registry is None:
-            return "here"
+        with self._lock:
+            adopted = handle.task_id in self._adopted
+        if not adopted or self._registry is None:
+            return "here"  # launched just now, by this process: no Redis call on the hot path
         try:
             if self._done is not None and self._done.done([handle.task_id]):
                 return "nobody"
@@ -195,4 +200,5 @@ class GuardedLauncher:
         with self._lock:
             self._known[key] = handle
             self._suspect.discard(key)
+            self._adopted.add(handle.task_id)
         return handle

@@ -13,6 +13,8 @@ from moto import mock_aws
 from moto.ec2 import utils as ec2_utils
 from moto.moto_api import state_manager
 
+from .helpers import fargate_network
+
 REGION = "us-east-1"
 CLUSTER = "builds"
 CONTAINER = "worker"
@@ -69,25 +71,13 @@ def ecs_world(aws_credentials: None) -> Iterator[EcsWorld]:
         with mock_aws():
             ec2 = boto3.client("ec2", region_name=REGION)
             ecs = boto3.client("ecs", region_name=REGION)
-            vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-            ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-            subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-            group = ec2.create_security_group(GroupName="workers", Description="build workers", VpcId=vpc)
-            ecs.create_cluster(clusterName=CLUSTER)
+            subnet, group, fargate = fargate_network(ec2, ecs, CLUSTER, "worker-fargate", CONTAINER)
             container = {
                 "name": CONTAINER,
                 "image": "blacktree/worker:latest",
                 "memory": 512,
                 "essential": True,
             }
-            fargate = ecs.register_task_definition(
-                family="worker-fargate",
-                networkMode="awsvpc",
-                requiresCompatibilities=["FARGATE"],
-                cpu="256",
-                memory="512",
-                containerDefinitions=[container],
-            )["taskDefinition"]["taskDefinitionArn"]
             on_ec2 = ecs.register_task_definition(
                 family="worker-ec2",
                 networkMode="bridge",
@@ -100,7 +90,7 @@ def ecs_world(aws_credentials: None) -> Iterator[EcsWorld]:
             registered = ecs.register_container_instance(cluster=CLUSTER, instanceIdentityDocument=document)
             yield EcsWorld(
                 subnet=subnet,
-                security_group=group["GroupId"],
+                security_group=group,
                 fargate_task_definition=fargate,
                 ec2_task_definition=on_ec2,
                 container_instance=registered["containerInstance"]["containerInstanceArn"],

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from orchestrator.config import Config, load_config
 
@@ -48,3 +48,34 @@ def make_repo(path: Path, files: Mapping[str, str], branch: str = "main") -> str
     subprocess.run(["git", "-C", str(path), "add", "-A"], check=True)
     subprocess.run(["git", *GIT_IDENTITY, "-C", str(path), "commit", "-q", "-m", "test repo"], check=True)
     return path.as_uri()
+
+
+class FargateNetwork(NamedTuple):
+    """What a Fargate launch needs in moto: a subnet, a security group and a task definition."""
+
+    subnet: str
+    security_group: str
+    task_definition: str
+
+
+def fargate_network(
+    ec2: Any, ecs: Any, cluster: str, family: str, container: str = "worker"
+) -> FargateNetwork:
+    """Create, in moto, a VPC with DNS hostnames (awsvpc tasks need them), a subnet, a security group,
+    ``cluster``, and an awsvpc Fargate task definition whose container has ``memory`` (moto needs it)."""
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="workers", Description="build workers", VpcId=vpc)["GroupId"]
+    ecs.create_cluster(clusterName=cluster)
+    task_definition = ecs.register_task_definition(
+        family=family,
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="256",
+        memory="512",
+        containerDefinitions=[
+            {"name": container, "image": "blacktree/worker:latest", "memory": 512, "essential": True}
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+    return FargateNetwork(subnet, group, task_definition)
