@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from functools import partial
 
 import pytest
+from tcp_proxy import TcpProxy
 
 from orchestrator.config import RedisConfig
 from orchestrator.coordination import InstanceRegistry, RedisClient, connect_redis
@@ -20,7 +21,6 @@ from orchestrator.errors import CoordinationError
 from orchestrator.slots import CombinedSlots, GlobalSlots, LocalSlots
 
 from .hammering import HAMMER_THREADS, PeakCounter, hammer, run_threads
-from .proxy import TcpProxy
 from .waiting import holds_throughout, wait_until
 
 pytestmark = pytest.mark.services
@@ -308,7 +308,9 @@ def test_slots_work_again_when_redis_comes_back(
     pools: list[GlobalSlots], client: RedisClient, prefix: str
 ) -> None:
     target = client.connection_pool.connection_kwargs
-    with TcpProxy((target["host"], target["port"])) as proxy:
+    proxy = TcpProxy(target["host"], target["port"])
+    proxy.start()
+    try:
         proxied = connect_redis(
             RedisConfig(url=f"redis://127.0.0.1:{proxy.port}/0", socket_timeout_seconds=0.5)
         )
@@ -319,18 +321,20 @@ def test_slots_work_again_when_redis_comes_back(
             assert pool.try_acquire("d1")
 
             # When it goes away, Then jobs wait and the outage is reported
-            proxy.cut()
+            proxy.stop()
             assert not pool.try_acquire("d2")
             assert pool.release("d1"), "d1 was held: forgotten here, its lease left to expire"
 
             # When it is back, Then slots are given again and the recovery is reported
-            proxy.restore()
+            proxy.start()
             assert wait_until(lambda: pool.try_acquire("d2"), MARGIN)
             assert [ok for ok, _ in seen.calls] == [True, False, True]
             assert set(pool.global_holders()) == {"d1", "d2"}, "d1's lease expires on its own"
         finally:
             pool.close()
             proxied.close()
+    finally:
+        proxy.stop()
 
 
 # --- instance liveness ----------------------------------------------------------------------------
