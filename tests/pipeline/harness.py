@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pika
 import redis
@@ -65,8 +65,19 @@ def wait_until(condition: Callable[[], bool], timeout: float = DEFAULT_WAIT, wha
         time.sleep(0.02)
 
 
+class Running(NamedTuple):
+    """A pipeline running in the test process: its supervisor and the health board /health serves."""
+
+    supervisor: Supervisor
+    board: HealthBoard
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """What /health would answer now: (healthy, body)."""
+        return self.board.report(time.monotonic())
+
+
 @contextlib.contextmanager
-def running_pipeline(config: Config, launcher: Launcher | dict[str, Launcher]) -> Iterator[Supervisor]:
+def running_pipeline(config: Config, launcher: Launcher | dict[str, Launcher]) -> Iterator[Running]:
     """Every pipeline actor under a real Supervisor, with ``launcher`` standing in for the back-ends."""
     launchers = launcher if isinstance(launcher, dict) else {launcher.name: launcher}
     board = HealthBoard(config.http.stuck_after_seconds)
@@ -76,7 +87,7 @@ def running_pipeline(config: Config, launcher: Launcher | dict[str, Launcher]) -
     try:
         supervisor.start_all(timeout=30)
         wait_until(lambda: _broker_up(board), what="the consumer to connect and declare its topology")
-        yield supervisor
+        yield Running(supervisor, board)
     finally:
         supervisor.stop_all(timeout=30)
     assert not give_ups, f"actors gave up: {give_ups}"
