@@ -64,9 +64,13 @@ def test_a_broker_outage_shows_in_health_and_loses_no_job(pipeline_config: Confi
 
             # When the broker goes away, Then /health says so (503, the broker down)
             proxy.stop()
-            wait_until(lambda: not running.health()[0], what="/health to turn unhealthy")
-            _, body = running.health()
-            assert body["dependencies"]["broker"]["ok"] is False
+            wait_until(
+                lambda: running.health()[1]["dependencies"]["broker"]["ok"] is False,
+                what="the broker shown down",
+            )
+            healthy, body = running.health()
+            assert healthy is False
+            assert "broker" in " ".join(body["reasons"])
 
             # And jobs published meanwhile (straight to the broker) wait there
             for n in range(5):
