@@ -26,6 +26,7 @@ Textual settings (each a comma-separated list in the INI file, so an entry conta
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import datetime as dt
 import logging
 import threading
@@ -61,6 +62,9 @@ FARGATE_PROVIDERS: Final = frozenset({"FARGATE", "FARGATE_SPOT"})
 
 #: DescribeTasks takes at most 100 tasks per call; ListTasks returns at most 100 per page.
 DESCRIBE_BATCH: Final = 100
+#: DescribeTasks batches of one poll sent at once: 10,000 tasks are 100 calls, which one after another
+#: would take about a poll interval at ~100 ms each.
+DESCRIBE_CONCURRENCY: Final = 4
 LIST_PAGE_SIZE: Final = 100
 #: StopTask's ``reason`` is limited to 255 characters; a tag value to 256.
 MAX_STOP_REASON_CHARS: Final = 255
@@ -209,11 +213,14 @@ class EcsLauncher:
         self.client = client if client is not None else self._make_client()
         self.api_calls: collections.Counter[str] = collections.Counter()
         self._calls_lock = threading.Lock()
+        self._describe_pool = concurrent.futures.ThreadPoolExecutor(
+            DESCRIBE_CONCURRENCY, thread_name_prefix=f"describe-{self.name}"
+        )
 
     def _make_client(self) -> Any:
         boto_config = BotoConfig(
             retries={"mode": "standard"},
-            max_pool_connections=self.ecs.max_inflight_launches + SPARE_CONNECTIONS,
+            max_pool_connections=self.ecs.max_inflight_launches + DESCRIBE_CONCURRENCY + SPARE_CONNECTIONS,
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=READ_TIMEOUT_SECONDS,
         )
@@ -376,21 +383,25 @@ class EcsLauncher:
         by_cluster: dict[str, list[TaskHandle]] = {}
         for handle in handles:
             by_cluster.setdefault(handle.cluster or self.ecs.cluster, []).append(handle)
-        for cluster, group in by_cluster.items():
-            container_by_arn = {h.task_id: self.container_for(h.job_type) for h in group}
-            arns = list(dict.fromkeys(h.task_id for h in group))
-            for batch in _batches(arns, DESCRIBE_BATCH):
-                response = self._call(
-                    "DescribeTasks", self.client.describe_tasks, cluster=cluster, tasks=batch
-                )
-                for task in response.get("tasks") or []:
-                    arn = str(task.get("taskArn"))
-                    observed[arn] = self._state_of(task, container_by_arn.get(arn))
-                for failure in response.get("failures") or []:
-                    arn = str(failure.get("arn"))
-                    detail = failure.get("detail")
-                    why = f"ECS: {failure.get('reason')}" + (f" ({detail})" if detail else "")
-                    observed.setdefault(arn, ("missing", None, redact_text(why)))
+        container_by_arn = {h.task_id: self.container_for(h.job_type) for h in handles}
+        calls = [
+            (cluster, batch)
+            for cluster, group in by_cluster.items()
+            for batch in _batches(list(dict.fromkeys(h.task_id for h in group)), DESCRIBE_BATCH)
+        ]
+
+        def describe(call: tuple[str, list[str]]) -> Any:
+            return self._call("DescribeTasks", self.client.describe_tasks, cluster=call[0], tasks=call[1])
+
+        for response in self._describe_pool.map(describe, calls):
+            for task in response.get("tasks") or []:
+                arn = str(task.get("taskArn"))
+                observed[arn] = self._state_of(task, container_by_arn.get(arn))
+            for failure in response.get("failures") or []:
+                arn = str(failure.get("arn"))
+                detail = failure.get("detail")
+                why = f"ECS: {failure.get('reason')}" + (f" ({detail})" if detail else "")
+                observed.setdefault(arn, ("missing", None, redact_text(why)))
         states: list[TaskState] = []
         for handle in handles:
             phase, exit_code, reason = observed.get(
