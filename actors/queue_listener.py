@@ -95,13 +95,7 @@ class QueueListenerActor(SupervisedActor):
         metrics.BROKER_CONNECTED.set(1 if ok else 0)
 
     def _schedule_tick(self) -> None:
-        self._timer = threading.Timer(HANDOFF_CHECK_SECONDS, self._tick)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _tick(self) -> None:
-        if self.actor_ref.is_alive():
-            self.actor_ref.tell(Tick())
+        self._timer = self.tell_later(HANDOFF_CHECK_SECONDS, Tick())
 
     def receive(self, message: object) -> Any:
         match message:

@@ -103,10 +103,4 @@ class RateLimiterActor(SupervisedActor):
     def _schedule_retry(self) -> None:
         if self._timer is not None:
             return
-        self._timer = threading.Timer(RETRY_WAITING_SECONDS, self._tick)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _tick(self) -> None:
-        if self.actor_ref.is_alive():
-            self.actor_ref.tell(Tick())
+        self._timer = self.tell_later(RETRY_WAITING_SECONDS, Tick())

@@ -157,13 +157,7 @@ class TimeoutMonitorActor(SupervisedActor):
     def _schedule_tick(self) -> None:
         if self._timer is not None:
             return
-        self._timer = threading.Timer(self._config.limits.poll_seconds, self._tick)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _tick(self) -> None:
-        if self.actor_ref.is_alive():
-            self.actor_ref.tell(Tick())
+        self._timer = self.tell_later(self._config.limits.poll_seconds, Tick())
 
     def _poll(self) -> None:
         if self._polling:

@@ -7,8 +7,10 @@ supervisor's factory, and reports through it (a crash, a heartbeat, the tells le
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Protocol
@@ -138,6 +140,20 @@ class SupervisedActor(pykka.ThreadingActor):
             self._reporter.heartbeat()
             return PONG
         return self.receive(message)
+
+    def tell_later(self, delay: float, message: object) -> threading.Timer:
+        """Tell this actor ``message`` in ``delay`` seconds, from a daemon timer (cancel it to take it
+        back). Nothing is sent if the actor has stopped by then."""
+
+        def fire() -> None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                if self.actor_ref.is_alive():
+                    self.actor_ref.tell(message)
+
+        timer = threading.Timer(delay, fire)
+        timer.daemon = True
+        timer.start()
+        return timer
 
     def heartbeat(self) -> None:
         """Tell the supervisor "still alive" from inside a long-running handler."""
