@@ -64,6 +64,7 @@ class QueueListenerActor(SupervisedActor):
         self._consumer: Consumer | None = None
         self._timer: threading.Timer | None = None
         self._drained: pykka.ThreadingFuture[None] | None = None
+        self._draining = False
 
     def on_start(self) -> None:
         self._consumer = Consumer(
@@ -99,6 +100,9 @@ class QueueListenerActor(SupervisedActor):
 
     def receive(self, message: object) -> Any:
         match message:
+            case Received(delivery) if self._draining:
+                # Consumption stops asynchronously (on the I/O thread): what still arrives goes back.
+                self._require_consumer().nack(delivery, requeue=True)
             case Received(delivery):
                 self._inflight[_key(delivery)] = delivery
                 metrics.JOBS_RECEIVED.inc()
@@ -128,6 +132,7 @@ class QueueListenerActor(SupervisedActor):
         event confirmed and its delivery acked, and jobs waiting for a slot are handed back by the
         RateLimiter. What is still in hand at the deadline is requeued when the consumer stops.
         """
+        self._draining = True
         self._require_consumer().pause()
         if not self._inflight:
             return None

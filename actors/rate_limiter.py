@@ -47,6 +47,7 @@ class RateLimiterActor(SupervisedActor):
         self._listener = listener
         self._waiting: collections.deque[Admit] = collections.deque()
         self._timer: threading.Timer | None = None
+        self._draining = False
 
     def on_stop(self) -> None:
         if self._timer is not None:
@@ -54,6 +55,8 @@ class RateLimiterActor(SupervisedActor):
 
     def receive(self, message: object) -> Any:
         match message:
+            case Admit() if self._draining:
+                self._listener.tell(Requeue(message.delivery))  # arrived after the drain began
             case Admit():
                 self._admit(message)
             case Release(deployment_id):
@@ -65,6 +68,7 @@ class RateLimiterActor(SupervisedActor):
                 self._timer = None
                 self._admit_waiting()
             case Drain():
+                self._draining = True
                 self._return_waiting()
             case _:
                 return super().receive(message)
