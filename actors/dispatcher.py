@@ -1,32 +1,50 @@
 """Dispatcher (one per launch type): launches the worker task of a job attempt, or adopts it.
 
 Launch calls are slow (100–500 ms for RunTask), so they run in a :class:`LaunchPool` — up to
-``ecs.max_inflight_launches`` at once, paced by a token bucket at ``ecs.launch_rate`` — and their
-results come back to this actor as messages. Nothing here blocks on AWS.
+``ecs.max_inflight_launches`` at once, paced by a token bucket at ``ecs.launch_rate``. Nothing here
+blocks on AWS. A launch that returned a task is carried on by the pool thread itself (the guard's
+checks and the tells to the monitor and publisher are thread-safe, and the decisions are the
+lifecycle core's): handing it back to this actor first would only add a thread hop to every job. A
+launch that failed comes back to this actor as a message (its retry decision writes to Redis).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Final
+from typing import Any, Final, assert_never, get_args
 
 import msgspec
 
 from orchestrator import metrics
-from orchestrator.broker.consumer import Delivery
 from orchestrator.commands import Launch, Publish, Release, Track
 from orchestrator.config import Config
+from orchestrator.delivery import Delivery
 from orchestrator.errors import LaunchError, PermanentLaunchError, ThrottledError
 from orchestrator.events import make_event
-from orchestrator.launch.base import LaunchRequest, TaskHandle
+from orchestrator.launch.base import JobConflictError, LaunchRequest, TaskHandle
 from orchestrator.launch.guard import AttemptOverError, GuardedLauncher, LaunchInProgressError
 from orchestrator.launch.pool import LaunchPool
+from orchestrator.lifecycle import (
+    Attempt,
+    Drop,
+    Ending,
+    Finish,
+    LaunchConflict,
+    LaunchDuplicate,
+    LaunchFailed,
+    ReleaseSlot,
+    RetryLater,
+    conclude,
+)
+from orchestrator.lifecycle.launches import Dispatched, Follow, after_launch
+from orchestrator.lifecycle.model import LaunchErrorKind
 from orchestrator.logs import FAILURE, SUCCESS, WARNING, emoji
 from orchestrator.messages import SourceJob
-from orchestrator.retry import GiveUp, Retry, RetryPolicy, failure_publish, retry_publish
+from orchestrator.retry import RetryPolicy, note_pending_retry, publish_decision
 from orchestrator.runtime.actor import ActorReporter, SupervisedActor
 from orchestrator.runtime.supervisor import ActorHandle
+from orchestrator.shared import Coordination
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +61,7 @@ class LaunchDone(msgspec.Struct, frozen=True):
     delivery: Delivery | None
 
 
-def _error_kind(error: LaunchError) -> str:
+def _error_kind(error: LaunchError) -> LaunchErrorKind:
     if isinstance(error, ThrottledError):
         return "throttled"
     if isinstance(error, PermanentLaunchError):
@@ -51,8 +69,14 @@ def _error_kind(error: LaunchError) -> str:
     return "capacity"
 
 
-class DispatcherActor(SupervisedActor):
+#: What a Dispatcher is told.
+DispatcherMessage = Launch | LaunchDone
+
+
+class DispatcherActor(SupervisedActor[DispatcherMessage]):
     """Turns :class:`~orchestrator.commands.Launch` into a running task and a ``dispatched`` event."""
+
+    accepts = get_args(DispatcherMessage)
 
     def __init__(
         self,
@@ -63,8 +87,10 @@ class DispatcherActor(SupervisedActor):
         publisher: ActorHandle,
         monitor: ActorHandle,
         rate_limiter: ActorHandle,
+        coordination: Coordination,
     ) -> None:
         super().__init__(reporter)
+        self._shared = coordination
         self._config = config
         self._guard = guard
         self._instance_id = instance_id
@@ -93,15 +119,14 @@ class DispatcherActor(SupervisedActor):
         if self._pool is not None:
             self._pool.close(self._config.shutdown.drain_seconds)
 
-    def receive(self, message: object) -> Any:
+    def receive(self, message: DispatcherMessage) -> None:
         match message:
             case Launch():
                 self._launch(message)
             case LaunchDone():
                 self._done(message)
             case _:
-                return super().receive(message)
-        return None
+                assert_never(message)
 
     def _launch(self, launch: Launch) -> None:
         assert self._pool is not None
@@ -120,38 +145,66 @@ class DispatcherActor(SupervisedActor):
         delivery = launch.delivery
 
         def on_done(req: LaunchRequest, result: TaskHandle | LaunchError) -> None:
-            self.actor_ref.tell(LaunchDone(request=req, result=result, delivery=delivery))
+            done = LaunchDone(request=req, result=result, delivery=delivery)
+            if isinstance(result, TaskHandle):
+                self._launched(done, result)  # on the pool thread: see the module docstring
+                self._update_inflight()
+            else:
+                self.actor_ref.tell(done)
 
         self._pool.submit(request, on_done)
-        metrics.LAUNCHES_INFLIGHT.labels(launcher=self.launcher).set(self._pool.inflight())
+        self._update_inflight()
+
+    def _update_inflight(self) -> None:
+        if self._pool is not None:
+            metrics.LAUNCHES_INFLIGHT.labels(launcher=self.launcher).set(self._pool.inflight())
 
     def _done(self, done: LaunchDone) -> None:
-        assert self._pool is not None
-        metrics.LAUNCHES_INFLIGHT.labels(launcher=self.launcher).set(self._pool.inflight())
+        self._update_inflight()
         if isinstance(done.result, TaskHandle):
             self._launched(done, done.result)
         else:
             self._failed(done, done.result)
 
     def _launched(self, done: LaunchDone, handle: TaskHandle) -> None:
+        """After a launch that returned a task (on a pool thread): follow it, announce it, or drop it."""
         job = done.request.job
+        attempt = done.request.attempt
         follower = self._guard.who_follows(handle)
-        if follower == "here":
-            self._monitor.tell(Track(handle=handle, job=job))
-        else:
-            self._guard.forget(job.deployment_id, done.request.attempt)
-        if follower == "nobody":
-            log.warning(
-                "%s %s attempt %d already ended as %s; dropping the duplicate",
-                job.type,
-                job.deployment_id,
-                done.request.attempt,
-                handle.task_id,
-                extra=emoji(WARNING),
-            )
-            self._publisher.tell(Publish(ack=done.delivery))
-            self._release_unless_active(job.deployment_id)
-            return
+        # (only a launch slow enough for this process's lease to have lapsed is worth the Redis check)
+        adopted = follower == "here" and self._lagged(done) and self._guard.taken_elsewhere(handle)
+        decisions = after_launch(follower, adopted_meanwhile=adopted)
+        follow = any(isinstance(d, Follow) for d in decisions)
+        if not follow:
+            self._guard.forget(job.deployment_id, attempt)
+        dispatched = self._dispatched(done, handle) if Dispatched() in decisions else None
+        for decision in decisions:
+            match decision:
+                case Follow():
+                    # The monitor passes ``dispatched`` on before any event of its own about the task.
+                    self._monitor.tell(Track(handle=handle, job=job, dispatched=dispatched))
+                case Dispatched():
+                    if not follow and dispatched is not None:
+                        self._publisher.tell(dispatched)
+                case Drop(reason=reason):
+                    log.warning(
+                        "%s %s attempt %d (task %s): %s; dropping the duplicate",
+                        job.type,
+                        job.deployment_id,
+                        attempt,
+                        handle.task_id,
+                        reason,
+                        extra=emoji(WARNING),
+                    )
+                    self._publisher.tell(Publish(ack=done.delivery))
+                case ReleaseSlot():
+                    self._release_unless_active(job.deployment_id)
+                case _:
+                    assert_never(decision)
+
+    def _dispatched(self, done: LaunchDone, handle: TaskHandle) -> Publish:
+        """The ``dispatched`` event and the ack of the delivery, to publish."""
+        job = done.request.job
         event = make_event(
             job.deployment_id,
             job.type,
@@ -160,7 +213,6 @@ class DispatcherActor(SupervisedActor):
             task_arn=handle.task_id,
             launcher=self.launcher,
         )
-        self._publisher.tell(Publish(events=(event,), ack=done.delivery))
         metrics.JOBS_DISPATCHED.labels(launcher=self.launcher).inc()
         if done.delivery is not None:
             metrics.DISPATCH_LATENCY.observe(time.monotonic() - done.delivery.received_at)
@@ -172,48 +224,64 @@ class DispatcherActor(SupervisedActor):
             handle.task_id,
             extra=emoji(SUCCESS),
         )
+        return Publish(events=(event,), ack=done.delivery)
+
+    def _lagged(self, done: LaunchDone) -> bool:
+        """Whether the launch took long enough (half a lease) for this process's lease to have lapsed:
+        only then is the (Redis) check for an adopter worth making."""
+        started = done.delivery.received_at if done.delivery is not None else None
+        return started is not None and time.monotonic() - started > self._config.limits.lease_seconds / 2
 
     def _failed(self, done: LaunchDone, error: LaunchError) -> None:
         job: SourceJob = done.request.job
-        attempt = done.request.attempt
-        kind = _error_kind(error)
-        if not isinstance(error, LaunchInProgressError | AttemptOverError):
-            metrics.LAUNCH_ERRORS.labels(launcher=self.launcher, kind=kind).inc()
-        reason = f"launch failed ({kind}): {error}"
-        broker = self._config.broker
+        if isinstance(error, JobConflictError):
+            log.warning("%s %s rejected: %s", job.type, job.deployment_id, error, extra=emoji(WARNING))
+            self._conclude(done, LaunchConflict(reason=str(error)))
+            return
         if isinstance(error, AttemptOverError):
             log.warning(
                 "%s %s: %s; dropping the duplicate", job.type, job.deployment_id, error, extra=emoji(WARNING)
             )
-            self._publisher.tell(Publish(ack=done.delivery))
-            self._release_unless_active(job.deployment_id)
+            self._conclude(done, LaunchDuplicate(reason=str(error)))
             return
-        if not error.counts_as_attempt:
-            self._retry_same_attempt(done, reason)
-            return
-        decision = self._policy.decide(job.type, attempt, retryable=error.retryable)
-        if isinstance(decision, GiveUp):
-            log.error(
-                "%s %s: %s; %s", job.type, job.deployment_id, reason, decision.why, extra=emoji(FAILURE)
+        kind = _error_kind(error)
+        if not isinstance(error, LaunchInProgressError):
+            metrics.LAUNCH_ERRORS.labels(launcher=self.launcher, kind=kind).inc()
+        self._conclude(
+            done,
+            LaunchFailed(
+                kind=kind,
+                reason=str(error),
+                retryable=error.retryable,
+                counts_as_attempt=error.counts_as_attempt,
+            ),
+        )
+
+    def _conclude(self, done: LaunchDone, ending: Ending) -> None:
+        """Carry out what the lifecycle core decides after ``ending`` of this launch."""
+        job: SourceJob = done.request.job
+        attempt = done.request.attempt
+        facts = Attempt(job_type=job.type, attempt=attempt)
+        for decision in conclude(facts, self._policy.limits(job.type), ending):
+            if isinstance(decision, ReleaseSlot):
+                self._release_unless_active(job.deployment_id)
+                continue
+            _log_decision(job, decision)
+            if isinstance(decision, RetryLater):
+                note_pending_retry(self._shared, job.deployment_id, job.type, attempt, decision)
+            self._publisher.tell(
+                publish_decision(
+                    decision,
+                    broker=self._config.broker,
+                    deployment_id=job.deployment_id,
+                    job_type=job.type,
+                    job=job,
+                    attempt=attempt,
+                    signer=self._policy.signer,
+                    launcher=None if isinstance(ending, LaunchConflict) else self.launcher,
+                    ack=done.delivery,
+                )
             )
-            publish = failure_publish(
-                broker,
-                job,
-                attempt,
-                reason,
-                reason_class=f"launch_{kind}",
-                launcher=self.launcher,
-                ack=done.delivery,
-            )
-            metrics.JOBS_FINISHED.labels(outcome="failed").inc()
-        else:
-            log.warning("%s %s: %s; retrying", job.type, job.deployment_id, reason, extra=emoji(WARNING))
-            publish = retry_publish(
-                broker, job, attempt, decision, reason, launcher=self.launcher, ack=done.delivery
-            )
-            metrics.RETRIES.inc()
-        self._publisher.tell(publish)
-        self._release_unless_active(job.deployment_id)
 
     def _release_unless_active(self, deployment_id: str) -> None:
         """Free the deployment's slot, unless another attempt (or launch) of it is active here: slots
@@ -221,15 +289,29 @@ class DispatcherActor(SupervisedActor):
         if not self._guard.active_here(deployment_id):
             self._rate_limiter.tell(Release(deployment_id))
 
-    def _retry_same_attempt(self, done: LaunchDone, reason: str) -> None:
-        """Throttling is ours to absorb: the job waits in the first delay tier with the same attempt
-        number and no event (its ``seq`` must not go backwards), then comes back to be launched."""
-        job = done.request.job
-        attempt = done.request.attempt
-        log.warning(
-            "%s %s: %s; trying again later", job.type, job.deployment_id, reason, extra=emoji(WARNING)
-        )
-        decision = Retry(next_attempt=attempt, delay_seconds=self._policy.delay_for(1))
-        publish = retry_publish(self._config.broker, job, attempt, decision, reason, ack=done.delivery)
-        self._publisher.tell(msgspec.structs.replace(publish, events=()))
-        self._release_unless_active(job.deployment_id)
+
+def _log_decision(job: SourceJob, decision: Finish | RetryLater | Drop) -> None:
+    match decision:
+        case Finish(status="failed"):
+            log.error(
+                "%s %s: %s; %s",
+                job.type,
+                job.deployment_id,
+                decision.reason,
+                decision.given_up,
+                extra=emoji(FAILURE),
+            )
+        case RetryLater(announce=True):
+            log.warning(
+                "%s %s: %s; retrying", job.type, job.deployment_id, decision.reason, extra=emoji(WARNING)
+            )
+        case RetryLater():
+            log.warning(
+                "%s %s: %s; trying again later",
+                job.type,
+                job.deployment_id,
+                decision.reason,
+                extra=emoji(WARNING),
+            )
+        case _:
+            pass

@@ -8,13 +8,13 @@ lease period.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Never, assert_never
 
 from orchestrator.coordination import InstanceRegistry
 from orchestrator.runtime.actor import ActorReporter, SupervisedActor
 
 
-class InstanceLeaseActor(SupervisedActor):
+class InstanceLeaseActor(SupervisedActor[Never]):
     """Runs the :class:`~orchestrator.coordination.InstanceRegistry` heartbeat."""
 
     def __init__(self, reporter: ActorReporter, registry: InstanceRegistry) -> None:
@@ -27,5 +27,5 @@ class InstanceLeaseActor(SupervisedActor):
     def on_stop(self) -> None:
         self._registry.stop()
 
-    def receive(self, message: object) -> Any:
-        return super().receive(message)
+    def receive(self, message: Never) -> None:
+        assert_never(message)  # (told nothing: its work is the registry's own heartbeat thread)

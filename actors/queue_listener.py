@@ -1,29 +1,34 @@
-"""QueueListener: consumes execute.queue and acks or requeues deliveries when told to.
+"""QueueListener: owns the consumer of execute.queue — its connection, its pace, its hand-offs.
 
-The AMQP connection belongs to the :class:`~orchestrator.broker.consumer.Consumer`'s own I/O thread;
-this actor hands deliveries on and carries out acks. It also enforces the hand-off timeout: a delivery
-that nobody made durable within ``broker.handoff_timeout_seconds`` (an actor crashed holding it, a
-publish was never confirmed) goes back to the broker before RabbitMQ's consumer timeout would close the
-channel. Its redelivery is safe: launches are idempotent and events carry deterministic ``seq``.
+The AMQP connection belongs to the :class:`~orchestrator.broker.consumer.Consumer`'s own I/O thread.
+Deliveries go from that thread straight to the Validator, and acks straight back to the consumer
+(through the :class:`~orchestrator.delivery.Settler` this actor attaches it to): a hop through this
+actor added a thread wake-up each way and no isolation. What the actor owns is the consumer's life
+(start, restart, pause and drain), the width of its prefetch window, what a lost channel means for
+the jobs in hand, and the hand-off timeout: a delivery that nobody made durable within
+``broker.handoff_timeout_seconds`` (an actor crashed holding it, a publish was never confirmed) goes
+back to the broker before RabbitMQ's consumer timeout would close the channel. Its redelivery is safe:
+launches are idempotent and events carry deterministic ``seq``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
-import time
-from typing import Any
+from typing import Any, assert_never, get_args
 
 import msgspec
 import pykka
 
 from orchestrator import metrics
-from orchestrator.broker.consumer import Consumer, Delivery
-from orchestrator.commands import Ack, Incoming, Requeue, Tick, Withdraw
+from orchestrator.broker.consumer import Consumer
+from orchestrator.commands import Incoming, Stale, Tick, Widen, Withdraw
 from orchestrator.config import Config
+from orchestrator.delivery import Delivery, Settler
 from orchestrator.logs import PROGRESS, WARNING, emoji
 from orchestrator.runtime.actor import ActorReporter, Drain, SupervisedActor
 from orchestrator.runtime.health import HealthBoard
+from orchestrator.runtime.scheduler import ScheduledCall
 from orchestrator.runtime.supervisor import ActorHandle
 
 log = logging.getLogger(__name__)
@@ -34,18 +39,28 @@ CRASH_CLOSE_SECONDS = 1.0
 HANDOFF_CHECK_SECONDS = 5.0
 
 
-class Received(msgspec.Struct, frozen=True):
-    """From the consumer's I/O thread: a new delivery."""
-
-    delivery: Delivery
+#: How often a drain checks whether every delivery in hand is settled.
+DRAIN_CHECK_SECONDS = 0.1
 
 
-def _key(delivery: Delivery) -> tuple[int, int]:
-    return (delivery.generation, delivery.delivery_tag)
+class DrainCheck(msgspec.Struct, frozen=True):
+    """The actor's own tick while draining."""
 
 
-class QueueListenerActor(SupervisedActor):
-    """Consumes the execute queue; the only actor that acks or requeues."""
+class ChannelGone(msgspec.Struct, frozen=True):
+    """From the consumer's I/O thread: deliveries of a generation below ``generation`` are stale."""
+
+    generation: int
+
+
+#: What the QueueListener is told.
+ListenerMessage = ChannelGone | Widen | Tick | Drain | DrainCheck
+
+
+class QueueListenerActor(SupervisedActor[ListenerMessage]):
+    """Owns the consumer of the execute queue (see the module docstring)."""
+
+    accepts = get_args(ListenerMessage)
 
     def __init__(
         self,
@@ -54,15 +69,16 @@ class QueueListenerActor(SupervisedActor):
         board: HealthBoard,
         validator: ActorHandle,
         rate_limiter: ActorHandle,
+        settler: Settler,
     ) -> None:
         super().__init__(reporter)
         self._config = config
         self._board = board
         self._validator = validator
         self._rate_limiter = rate_limiter
-        self._inflight: dict[tuple[int, int], Delivery] = {}
+        self._settler = settler
         self._consumer: Consumer | None = None
-        self._timer: threading.Timer | None = None
+        self._timer: ScheduledCall | None = None
         self._drained: pykka.ThreadingFuture[None] | None = None
         self._draining = False
 
@@ -71,9 +87,12 @@ class QueueListenerActor(SupervisedActor):
             self._config.broker,
             self._config.status,
             self._config.limits.retry_delays,
-            on_delivery=lambda delivery: self.actor_ref.tell(Received(delivery)),
+            max_attempts=self._config.highest_max_attempts(),
+            on_delivery=self._on_delivery,
             on_connectivity=self._connectivity,
+            on_stale=self._on_stale,
         )
+        self._settler.attach(self._consumer)
         self._consumer.start()
         self._schedule_tick()
 
@@ -89,7 +108,17 @@ class QueueListenerActor(SupervisedActor):
         if self._timer is not None:
             self._timer.cancel()
         if self._consumer is not None:
+            self._settler.detach(self._consumer)
             self._consumer.stop(timeout)
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        """(The consumer's I/O thread.) Straight to the Validator."""
+        metrics.JOBS_RECEIVED.inc()
+        self._validator.tell(Incoming(delivery))
+
+    def _on_stale(self, generation: int) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(ChannelGone(generation))
 
     def _connectivity(self, ok: bool, detail: str) -> None:
         self._board.set_dependency("broker", ok, detail)
@@ -98,31 +127,21 @@ class QueueListenerActor(SupervisedActor):
     def _schedule_tick(self) -> None:
         self._timer = self.tell_later(HANDOFF_CHECK_SECONDS, Tick())
 
-    def receive(self, message: object) -> Any:
+    def receive(self, message: ListenerMessage) -> object:
         match message:
-            case Received(delivery) if self._draining:
-                # Consumption stops asynchronously (on the I/O thread): what still arrives goes back.
-                self._require_consumer().nack(delivery, requeue=True)
-            case Received(delivery):
-                self._inflight[_key(delivery)] = delivery
-                metrics.JOBS_RECEIVED.inc()
-                self._validator.tell(Incoming(delivery))
-            case Ack(delivery):
-                if self._inflight.pop(_key(delivery), None) is not None:
-                    self._require_consumer().ack(delivery)
-            case Requeue(delivery):
-                if self._inflight.pop(_key(delivery), None) is not None:
-                    self._require_consumer().nack(delivery, requeue=True)
+            case ChannelGone(generation):
+                self._forget_stale(generation)
+            case Widen(consumers):
+                self._require_consumer().widen(consumers)
             case Tick():
                 self._expire_handoffs()
                 self._schedule_tick()
             case Drain():
                 return self._drain()
+            case DrainCheck():
+                self._check_drained()
             case _:
-                return super().receive(message)
-        if self._drained is not None and not self._inflight:
-            self._drained.set(None)
-            self._drained = None
+                assert_never(message)
         return None
 
     def _drain(self) -> pykka.ThreadingFuture[None] | None:
@@ -133,23 +152,38 @@ class QueueListenerActor(SupervisedActor):
         RateLimiter. What is still in hand at the deadline is requeued when the consumer stops.
         """
         self._draining = True
-        self._require_consumer().pause()
-        if not self._inflight:
+        consumer = self._require_consumer()
+        consumer.pause()  # (what still arrives goes straight back)
+        in_hand = consumer.outstanding()
+        if not in_hand:
             return None
-        log.info("draining: %d deliveries in hand", len(self._inflight), extra=emoji(PROGRESS))
+        log.info("draining: %d deliveries in hand", in_hand, extra=emoji(PROGRESS))
         self._drained = pykka.ThreadingFuture()
+        self.tell_later(DRAIN_CHECK_SECONDS, DrainCheck())
         return self._drained
+
+    def _check_drained(self) -> None:
+        if self._drained is None:
+            return
+        if self._require_consumer().outstanding():
+            self.tell_later(DRAIN_CHECK_SECONDS, DrainCheck())
+            return
+        self._drained.set(None)
+        self._drained = None
 
     def _require_consumer(self) -> Consumer:
         assert self._consumer is not None, "on_start creates the consumer"
         return self._consumer
 
+    def _forget_stale(self, generation: int) -> None:
+        """The broker has taken back every delivery of an older channel and may hand it to another
+        process: nothing here may act on one any more (a job still waiting for a slot would be
+        launched a second time, as a copy nobody can ack)."""
+        self._rate_limiter.tell(Stale(generation))
+
     def _expire_handoffs(self) -> None:
         limit = self._config.broker.handoff_timeout_seconds
-        now = time.monotonic()
-        expired = [d for d in self._inflight.values() if now - d.received_at > limit]
-        for delivery in expired:
-            del self._inflight[_key(delivery)]
+        for delivery in self._require_consumer().overdue(limit):
             log.warning(
                 "delivery %d not made durable within %.0f s; returning it to the broker",
                 delivery.delivery_tag,

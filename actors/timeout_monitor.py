@@ -5,7 +5,9 @@ The table and its rules live in :mod:`orchestrator.tracking`, recovery in :mod:`
 this actor feeds them and carries out their decisions. Launcher and Redis calls that can take long
 (DescribeTasks in batches of 100, StopTask, ListTasks for recovery) run on a small executor, never on
 the actor's thread, and their results come back as messages, so the actor keeps answering while a poll
-of thousands of tasks is under way.
+of thousands of tasks is under way. A stop for a deployment this process does not follow waits for the
+next *stop sweep* of every launcher's tasks, which answers every stop waiting at once and runs at most
+once per interval (:mod:`orchestrator.stop_sweeps`).
 """
 
 from __future__ import annotations
@@ -13,33 +15,40 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, assert_never, get_args
 
 import msgspec
 
 from orchestrator import metrics
-from orchestrator.commands import Ack, Observed, Publish, Release, StopRequest, Tick, Track
+from orchestrator.commands import Hold, Observed, Publish, Release, StopRequest, TasksEnded, Tick, Track
 from orchestrator.config import Config
+from orchestrator.coordination import attempt_done_key
+from orchestrator.delivery import Settler
 from orchestrator.errors import OrchestratorError
 from orchestrator.events import make_event
+from orchestrator.fencing import Fenced, fence, taken_elsewhere
 from orchestrator.launch.base import Launcher, TaskHandle, TaskState
 from orchestrator.launch.guard import GuardedLauncher
-from orchestrator.logs import FAILURE, PROGRESS, SUCCESS, WARNING, emoji
+from orchestrator.lifecycle import Attempt, ReleaseSlot, RetryLater, TaskEnded, conclude
+from orchestrator.logs import FAILURE, SUCCESS, WARNING, emoji
 from orchestrator.messages import Status
 from orchestrator.reconcile import Orphan
-from orchestrator.retry import GiveUp, Retry, RetryPolicy, failure_publish, retry_publish
+from orchestrator.retry import (
+    RetryPolicy,
+    note_pending_retry,
+    publish_decision,
+)
 from orchestrator.runtime.actor import ActorReporter, SupervisedActor
+from orchestrator.runtime.scheduler import ScheduledCall
 from orchestrator.runtime.supervisor import ActorHandle
 from orchestrator.shared import Coordination
+from orchestrator.stopping import StopDesk, StopsSwept, SweepDue
 from orchestrator.tracking import BecameRunning, Decision, Ended, StopNow, TaskTable, Tracked
 
 log = logging.getLogger(__name__)
 
-#: A stop marker outlives the longest wait in a delay queue by this much.
-STOP_MARKER_MARGIN_SECONDS: Final = 600
 #: A done marker outlives the time ECS keeps listing a stopped task (about an hour).
 DONE_MARKER_SECONDS: Final = 6 * 3600
 #: Recovery scans everything this often even when no owner was seen to die (in lease periods).
@@ -59,22 +68,34 @@ class Adopted(msgspec.Struct, frozen=True):
     orphans: tuple[Orphan, ...]
 
 
-class StopSearched(msgspec.Struct, frozen=True):
-    """From the executor: what a stop found outside this process."""
-
-    request: StopRequest
-    handles: tuple[TaskHandle, ...]
-    pending_retry: tuple[str, int] | None
-
-
 class OutcomeDurable(msgspec.Struct, frozen=True):
-    """From the Publisher: the outcome of ``task_id`` is confirmed; no adopter must handle it again."""
+    """From the Publisher: the outcome of ``task_id`` (the job attempt ``attempt_key``) is confirmed;
+    no adopter, and no late duplicate of the attempt, must handle it again."""
 
     task_id: str
+    attempt_key: str
 
 
-class TimeoutMonitorActor(SupervisedActor):
+#: What the TimeoutMonitor is told.
+MonitorMessage = (
+    Track
+    | Tick
+    | Observed
+    | TasksEnded
+    | Adopted
+    | StopDone
+    | StopRequest
+    | StopsSwept
+    | SweepDue
+    | Fenced
+    | OutcomeDurable
+)
+
+
+class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
     """Owns the table of tracked tasks of this process."""
+
+    accepts = get_args(MonitorMessage)
 
     def __init__(
         self,
@@ -85,6 +106,7 @@ class TimeoutMonitorActor(SupervisedActor):
         table: TaskTable,
         coordination: Coordination,
         handles: Mapping[str, ActorHandle],
+        settler: Settler,
     ) -> None:
         super().__init__(reporter)
         self._config = config
@@ -94,14 +116,26 @@ class TimeoutMonitorActor(SupervisedActor):
         self._shared = coordination
         self._publisher = handles["publisher"]
         self._rate_limiter = handles["rate_limiter"]
-        self._listener = handles["queue_listener"]
+        self._settler = settler
         self._policy = RetryPolicy(config)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="monitor-io")
         self._polling = False
         self._reconciling = False
         self._last_reconcile = 0.0
         self._last_full_scan = 0.0
-        self._timer: threading.Timer | None = None
+        self._timer: ScheduledCall | None = None
+        self._stops = StopDesk(
+            config=config,
+            table=table,
+            launchers=launchers,
+            shared=coordination,
+            publisher=self._publisher,
+            settler=settler,
+            submit=self._executor.submit,
+            tell=self.actor_ref.tell,
+            tell_later=self.tell_later,
+            stop_task=self._stop_task,
+        )
 
     def on_start(self) -> None:
         self._reconcile(full=True)
@@ -110,36 +144,74 @@ class TimeoutMonitorActor(SupervisedActor):
     def on_stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self._stops.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def receive(self, message: object) -> Any:
+    def receive(self, message: MonitorMessage) -> None:
         match message:
-            case Track(handle, job):
-                self._track(handle, job)
+            case Track(handle, job, dispatched):
+                self._track(handle, job, dispatched)
             case Tick():
                 self._timer = None
                 self._poll()
                 self._maybe_reconcile()
             case Observed(states, errors):
                 self._observed(states, errors)
+            case TasksEnded(states):
+                self._tasks_ended(states)
             case Adopted(orphans):
                 self._adopted(orphans)
             case StopDone(task_id, error):
                 if error:
                     log.error("could not stop %s: %s", task_id, error, extra=emoji(FAILURE))
             case StopRequest():
-                self._stop_request(message)
-            case StopSearched():
-                self._stop_searched(message)
-            case OutcomeDurable(task_id):
-                self._background(self._shared.done_markers.mark, task_id, DONE_MARKER_SECONDS)
+                self._stops.request(message)
+            case StopsSwept():
+                self._stops.swept(message)
+            case SweepDue():
+                self._stops.sweep_due()
+            case Fenced(kept, dropped):
+                for change in kept:
+                    if isinstance(change, Ended):
+                        self._ended(change)
+                    else:
+                        self._publish_for(change.tracked, "running")
+                for change in dropped:
+                    if isinstance(change, BecameRunning):
+                        self._table.forget(change.tracked.handle.task_id)  # followed elsewhere now
+                    self._handed_over(change.tracked.handle)
+                metrics.JOBS_RUNNING.set(len(self._table))
+            case OutcomeDurable(task_id, attempt_key):
+                self._background(
+                    self._shared.done_markers.mark_all, (task_id, attempt_key), DONE_MARKER_SECONDS
+                )
             case _:
-                return super().receive(message)
-        return None
+                assert_never(message)
 
-    def _track(self, handle: TaskHandle, job: Any) -> None:
+    def _track(self, handle: TaskHandle, job: Any, dispatched: Publish | None) -> None:
+        if dispatched is not None:
+            if time.time() - handle.launched_at > self._config.limits.lease_seconds / 2:
+                # Late (this process stalled or lagged since the launch): another process may have
+                # adopted the task and published its outcome meanwhile; a `dispatched` after that
+                # would follow the terminal event. Fenced like every other change of a task.
+                self._executor.submit(self._fence_dispatched, handle, dispatched)
+            else:
+                self._publisher.tell(dispatched)
         if self._table.add(handle, job):
             metrics.JOBS_RUNNING.set(len(self._table))
+        self._carry_out(self._table.catch_up(handle.task_id, time.monotonic()))
+
+    def _fence_dispatched(self, handle: TaskHandle, dispatched: Publish) -> None:
+        """(On the executor.) Publish a late ``dispatched`` unless another process took the task;
+        the delivery is acked either way (its outcome is that process's to publish)."""
+        taken = taken_elsewhere([handle], self._shared)
+        self._publisher.tell(dispatched if not taken else Publish(ack=dispatched.ack))
+
+    def _tasks_ended(self, states: tuple[TaskState, ...]) -> None:
+        """Ends seen by a launcher as they happened: judged now, not at the next poll."""
+        now = time.monotonic()
+        decisions = [d for state in states for d in self._table.observe_pushed(state, now)]
+        self._carry_out(decisions)
 
     def _background(self, call: Callable[..., object], *args: object) -> None:
         """Run ``call`` on the executor; a failure is logged (these are best-effort side effects)."""
@@ -223,28 +295,44 @@ class TimeoutMonitorActor(SupervisedActor):
         for orphan in orphans:
             handle = orphan.handle
             if self._table.add(handle, orphan.job):
-                if not self._shared.slots.try_acquire(handle.deployment_id):
-                    log.warning(
-                        "adopted %s beyond the concurrency limit", handle.task_id, extra=emoji(WARNING)
-                    )
+                self._rate_limiter.tell(Hold(handle.deployment_id))
                 log.info("following adopted task %s", handle.task_id, extra=emoji(SUCCESS))
         metrics.JOBS_RUNNING.set(len(self._table))
 
     # --- decisions ----------------------------------------------------------------------------
 
     def _carry_out(self, decisions: list[Decision] | list[StopNow]) -> None:
+        endings: list[Ended | BecameRunning] = []
         for decision in decisions:
             match decision:
-                case BecameRunning(tracked):
-                    self._publish_for(tracked, "running")
+                case BecameRunning():
+                    endings.append(decision)
                 case StopNow(tracked, kind, reason):
                     self._stop_task(tracked.handle, reason)
                     if kind != "stop":
                         metrics.TIMEOUTS.labels(kind="start" if kind == "start_timeout" else "runtime").inc()
                         self._publish_for(tracked, "timed_out", reason=reason)
                 case Ended():
-                    self._ended(decision)
+                    endings.append(decision)
+        if endings:
+            changes = tuple(endings)
+            self._executor.submit(lambda: self.actor_ref.tell(fence(changes, self._shared)))
         metrics.JOBS_RUNNING.set(len(self._table))
+
+    def _handed_over(self, handle: TaskHandle) -> None:
+        log.warning(
+            "%s %s attempt %d: task %s was adopted or finished by another process while this one lagged "
+            "behind its lease; leaving its outcome to that process",
+            handle.job_type,
+            handle.deployment_id,
+            handle.attempt,
+            handle.task_id,
+            extra=emoji(WARNING),
+        )
+        self._rate_limiter.tell(Release(handle.deployment_id))
+        guard = self._guards.get(handle.launcher)
+        if guard is not None:
+            guard.forget(handle.deployment_id, handle.attempt)
 
     def _publish_for(self, tracked: Tracked, status: Status, **fields: Any) -> None:
         handle = tracked.handle
@@ -276,153 +364,58 @@ class TimeoutMonitorActor(SupervisedActor):
     def _ended(self, ended: Ended) -> None:
         tracked = ended.tracked
         handle = tracked.handle
-        outcome = ended.outcome
-        reason = ended.reason
-        if outcome in ("failed", "timed_out") and self._stopped_by_request(handle):
-            outcome, reason = "stopped", "stopped on request"
-        publish = self._outcome_publish(tracked, outcome, ended.exit_code, reason)
-        after = functools.partial(self.actor_ref.tell, OutcomeDurable(task_id=handle.task_id))
-        self._publisher.tell(msgspec.structs.replace(publish, after=after))
-        log.debug(
-            "%s %s attempt %d ended: %s%s",
-            handle.job_type,
-            handle.deployment_id,
-            handle.attempt,
-            outcome,
-            f" ({reason})" if reason else "",
-            extra=emoji(SUCCESS if outcome == "succeeded" else WARNING),
+        stop_requested = ended.outcome in ("failed", "timed_out") and self._stops.stopped_by_request(handle)
+        task_end = TaskEnded(
+            outcome=ended.outcome,
+            exit_code=ended.exit_code,
+            reason=ended.reason,
+            stop_requested=stop_requested,
         )
+        facts = Attempt(job_type=handle.job_type, attempt=handle.attempt, job_known=tracked.job is not None)
+        publish: Publish | None = None
+        release = False
+        for decision in conclude(facts, self._policy.limits(handle.job_type), task_end):
+            if isinstance(decision, ReleaseSlot):
+                release = True
+                continue
+            if isinstance(decision, RetryLater):
+                note_pending_retry(
+                    self._shared, handle.deployment_id, handle.job_type, handle.attempt, decision
+                )
+            publish = publish_decision(
+                decision,
+                broker=self._config.broker,
+                deployment_id=handle.deployment_id,
+                job_type=handle.job_type,
+                job=tracked.job,
+                attempt=handle.attempt,
+                signer=self._policy.signer,
+                launcher=handle.launcher,
+                task_arn=handle.task_id,
+            )
+            log.debug(
+                "%s %s attempt %d ended (%s): %s",
+                handle.job_type,
+                handle.deployment_id,
+                handle.attempt,
+                ended.outcome,
+                type(decision).__name__,
+                extra=emoji(SUCCESS if ended.outcome == "succeeded" else WARNING),
+            )
+        if publish is not None:
+            durable = OutcomeDurable(
+                task_id=handle.task_id, attempt_key=attempt_done_key(handle.deployment_id, handle.attempt)
+            )
+            after = functools.partial(self.actor_ref.tell, durable)
+            self._publisher.tell(msgspec.structs.replace(publish, after=after))
         metrics.JOB_DURATION.labels(launcher=handle.launcher).observe(
             max(0.0, time.time() - handle.launched_at)
         )
-        self._rate_limiter.tell(Release(handle.deployment_id))
+        if release:
+            self._rate_limiter.tell(Release(handle.deployment_id))
         guard = self._guards.get(handle.launcher)
         if guard is not None:
             guard.forget(handle.deployment_id, handle.attempt)
         launcher = self._launchers.get(handle.launcher)
         if launcher is not None:
             self._background(launcher.forget, handle)
-
-    def _outcome_publish(
-        self, tracked: Tracked, outcome: str, exit_code: int | None, reason: str | None
-    ) -> Publish:
-        handle = tracked.handle
-        job = tracked.job
-        common: dict[str, Any] = {
-            "launcher": handle.launcher,
-            "task_arn": handle.task_id,
-            "exit_code": exit_code,
-        }
-        if outcome in ("succeeded", "stopped"):
-            metrics.JOBS_FINISHED.labels(outcome=outcome).inc()
-            status: Status = "succeeded" if outcome == "succeeded" else "stopped"
-            event = make_event(
-                handle.deployment_id, handle.job_type, status, handle.attempt, reason=reason, **common
-            )
-            return Publish(events=(event,))
-        reason = reason or outcome
-        if job is None:
-            metrics.JOBS_FINISHED.labels(outcome="failed").inc()
-            why = f"{reason}; the job could not be rebuilt from the adopted task, so it is not retried"
-            event = make_event(
-                handle.deployment_id, handle.job_type, "failed", handle.attempt, reason=why, **common
-            )
-            return Publish(events=(event,))
-        broker = self._config.broker
-        decision = self._policy.decide(job.type, handle.attempt, exit_code=exit_code)
-        if isinstance(decision, GiveUp):
-            metrics.JOBS_FINISHED.labels(outcome="failed").inc()
-            return failure_publish(broker, job, handle.attempt, reason, reason_class=outcome, **common)
-        metrics.RETRIES.inc()
-        self._note_pending_retry(tracked, decision)
-        return retry_publish(broker, job, handle.attempt, decision, reason, **common)
-
-    def _note_pending_retry(self, tracked: Tracked, decision: Retry) -> None:
-        handle = tracked.handle
-        ttl = decision.delay_seconds + STOP_MARKER_MARGIN_SECONDS
-        try:
-            self._shared.pending_retries.waiting(handle.deployment_id, handle.job_type, handle.attempt, ttl)
-        except OrchestratorError as e:
-            log.warning("cannot record the pending retry (%s)", e, extra=emoji(WARNING))
-
-    def _stopped_by_request(self, handle: TaskHandle) -> bool:
-        """Whether a stop (possibly received by another process) asked for this task's end."""
-        try:
-            marked_at = self._shared.stop_markers.marked_at(handle.deployment_id)
-        except OrchestratorError:
-            return False
-        return marked_at is not None and marked_at >= handle.launched_at
-
-    # --- stop jobs ----------------------------------------------------------------------------
-
-    def _stop_request(self, request: StopRequest) -> None:
-        deployment_id = request.job.deployment_id
-        try:
-            ttl = max(self._config.limits.retry_delays) + STOP_MARKER_MARGIN_SECONDS
-            self._shared.stop_markers.mark(deployment_id, ttl)
-        except OrchestratorError as e:
-            log.warning("could not set the stop marker (%s)", e, extra=emoji(WARNING))
-        tracked = self._table.for_deployment(deployment_id)
-        if tracked:
-            for t in tracked:
-                stop = self._table.request_stop(t, "stop")
-                if stop is not None:
-                    self._stop_task(stop.tracked.handle, stop.reason)
-            log.info("stopping %d task(s) of %s", len(tracked), deployment_id, extra=emoji(PROGRESS))
-            self._listener.tell(Ack(request.delivery))
-            return
-        self._executor.submit(self._search_for_stop, request)
-
-    def _search_for_stop(self, request: StopRequest) -> None:
-        """Off the actor thread: tasks of the deployment followed by other processes, or a waiting retry."""
-        deployment_id = request.job.deployment_id
-        found: list[TaskHandle] = []
-        for name, launcher in self._launchers.items():
-            try:
-                found += [h for h in launcher.list_owned() if h.deployment_id == deployment_id]
-            except Exception as e:
-                log.warning("stop: cannot list %s tasks (%s)", name, e, extra=emoji(WARNING))
-        live = found
-        if found:
-            try:
-                done = self._shared.done_markers.done([h.task_id for h in found])
-                live = [h for h in found if h.task_id not in done]
-            except OrchestratorError:
-                live = found
-        pending: tuple[str, int] | None = None
-        if not live:
-            try:
-                pending = self._shared.pending_retries.take(deployment_id)
-            except OrchestratorError as e:
-                log.warning("stop: cannot read pending retries (%s)", e, extra=emoji(WARNING))
-        self.actor_ref.tell(StopSearched(request=request, handles=tuple(live), pending_retry=pending))
-
-    def _stop_searched(self, searched: StopSearched) -> None:
-        request = searched.request
-        job = request.job
-        for handle in searched.handles:
-            self._stop_task(handle, "stopped on request")
-        if searched.handles:
-            log.info(
-                "stopping %d task(s) of %s followed by another process",
-                len(searched.handles),
-                job.deployment_id,
-                extra=emoji(PROGRESS),
-            )
-            self._listener.tell(Ack(request.delivery))
-            return
-        if searched.pending_retry is not None:
-            job_type, attempt = searched.pending_retry
-            event = make_event(
-                job.deployment_id, job_type, "stopped", attempt, reason="stopped while waiting to be retried"
-            )
-            metrics.JOBS_FINISHED.labels(outcome="stopped").inc()
-        else:
-            event = make_event(
-                job.deployment_id,
-                job.type,
-                "rejected",
-                0,
-                reason="nothing to stop: the deployment has no running task and no retry waiting",
-            )
-        self._publisher.tell(Publish(events=(event,), ack=request.delivery))

@@ -5,9 +5,13 @@ next; shutdown happens in reverse order inside ``finally``, then leftovers are s
 
 Signals: SIGTERM and SIGINT start a graceful drain (/health answers 503 "draining" so the load balancer
 stops sending; every actor gets :class:`~orchestrator.runtime.actor.Drain`; up to
-``shutdown.drain_seconds``), then everything stops and the process exits 0. SIGUSR1 logs every
-thread's stack. An actor that exceeds its restart budget shuts the process down the same way, with
-exit code :data:`EXIT_RESTART_BUDGET_EXCEEDED`, so supervisord restarts the whole process.
+``shutdown.drain_seconds``), then the actors stop. The HTTP server goes on answering 503 until
+``shutdown.unhealthy_hold_seconds`` after the signal (counted from the signal, so it overlaps the
+drain: the process exits after about max(drain, hold)), so the load balancer sees a 503 rather than a
+refused connection even when nothing was in flight; a second SIGTERM/SIGINT ends that hold at once
+(it never cuts the drain short). Then the process exits 0. SIGUSR1 logs every thread's stack. An actor
+that exceeds its restart budget shuts the process down the same way, without the hold (supervisord
+should restart it at once), with exit code :data:`EXIT_RESTART_BUDGET_EXCEEDED`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import Final
+from typing import Final, NamedTuple
 
 from orchestrator import __version__
 from orchestrator.config import Config
@@ -43,7 +47,8 @@ EXIT_RESTART_BUDGET_EXCEEDED: Final = 3
 
 #: Seconds each actor has to answer its first ping.
 START_TIMEOUT_SECONDS: Final = 10.0
-#: Seconds, after the drain, for stopping every actor (supervisord's stopwaitsecs covers drain + this).
+#: Seconds, after the drain, for stopping every actor (supervisord's stopwaitsecs covers drain + this,
+#: and ``shutdown.unhealthy_hold_seconds``, which may outlast both).
 STOP_TIMEOUT_SECONDS: Final = 10.0
 #: How often the main thread looks up from waiting (signals are handled in between).
 WAIT_POLL_SECONDS: Final = 1.0
@@ -63,6 +68,17 @@ def register_default_actors(supervisor: Supervisor, board: HealthBoard, config: 
         registration(supervisor, board, config)
 
 
+class ShutdownRequest(NamedTuple):
+    """One request to shut down."""
+
+    reason: str
+    exit_code: int
+    #: Whether it came from SIGTERM/SIGINT (an operator or supervisord), not from the process itself.
+    signalled: bool
+    #: ``time.monotonic()`` when it was made.
+    at: float
+
+
 class ShutdownRequests:
     """Requests to shut down, from signal handlers and the supervisor's monitor thread.
 
@@ -70,22 +86,22 @@ class ShutdownRequests:
     """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[ShutdownRequest] = queue.SimpleQueue()
 
-    def request(self, reason: str, exit_code: int = EXIT_OK) -> None:
+    def request(self, reason: str, exit_code: int = EXIT_OK, *, signalled: bool = False) -> None:
         """Ask the process to shut down; the first request gives the reason, any non-zero code wins."""
-        self._queue.put((reason, exit_code))
+        self._queue.put(ShutdownRequest(reason, exit_code, signalled, time.monotonic()))
 
-    def wait(self, timeout: float) -> tuple[str, int] | None:
-        """The next request ``(reason, exit_code)``, or None after ``timeout`` seconds."""
+    def wait(self, timeout: float) -> ShutdownRequest | None:
+        """The next request, or None after ``timeout`` seconds."""
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
 
-    def pending(self) -> list[tuple[str, int]]:
+    def pending(self) -> list[ShutdownRequest]:
         """The requests that arrived since the last :meth:`wait`."""
-        found: list[tuple[str, int]] = []
+        found: list[ShutdownRequest] = []
         while (item := self.wait(0)) is not None:
             found.append(item)
         return found
@@ -112,6 +128,8 @@ def run(config: Config, *, actors: ActorRegistration | None = None) -> int:
     server = HttpServer(config.http, board)
     restore_signals = _install_signal_handlers(requests)
     exit_code = EXIT_OK
+    #: ``time.monotonic()`` until which /health stays up answering 503; None: no hold.
+    hold_until: float | None = None
     try:
         try:
             (actors or register_default_actors)(supervisor, board, config)
@@ -125,15 +143,27 @@ def run(config: Config, *, actors: ActorRegistration | None = None) -> int:
         request = None
         while request is None:
             request = requests.wait(WAIT_POLL_SECONDS)
-        reason, exit_code = request
-        _drain(supervisor, board, config.shutdown.drain_seconds, reason)
-        for reason, code in requests.pending():
-            log.warning("already shutting down; ignoring: %s", reason, extra=emoji(WARNING))
-            exit_code = exit_code or code
+        exit_code = request.exit_code
+        if request.signalled and config.shutdown.unhealthy_hold_seconds > 0:
+            hold_until = request.at + config.shutdown.unhealthy_hold_seconds
+        _drain(supervisor, board, config.shutdown.drain_seconds, request.reason)
+        for late in requests.pending():
+            exit_code = exit_code or late.exit_code
+            if late.signalled and hold_until is not None:
+                log.warning(
+                    "%s while draining: the drain goes on, the unhealthy hold after it is skipped",
+                    late.reason,
+                    extra=emoji(WARNING),
+                )
+                hold_until = None
+            else:
+                log.warning("already shutting down; ignoring: %s", late.reason, extra=emoji(WARNING))
         return exit_code
     finally:
         log.info("stopping actors", extra=emoji(PROGRESS))
         supervisor.stop_all(STOP_TIMEOUT_SECONDS)
+        if hold_until is not None:
+            _hold_unhealthy(requests, hold_until)
         server.stop()
         restore_signals()
         mark = SUCCESS if exit_code == EXIT_OK else FAILURE
@@ -148,6 +178,33 @@ def _drain(supervisor: Supervisor, board: HealthBoard, drain_seconds: float, rea
         log.info("drained in %.1f s", time.monotonic() - started, extra=emoji(SUCCESS))
 
 
+def _hold_unhealthy(requests: ShutdownRequests, until: float) -> None:
+    """Keep /health answering 503 until ``until`` (``time.monotonic()``), or until another request.
+
+    The actors are stopped by now, so nothing but a signal can still ask; a second SIGTERM/SIGINT is
+    an operator who does not want to wait, and ends the hold at once.
+    """
+    remaining = until - time.monotonic()
+    if remaining <= 0:
+        return
+    log.info(
+        "holding /health at 503 for %.1f s more (shutdown.unhealthy_hold_seconds) so the load balancer "
+        "sees this process leave; SIGTERM or SIGINT again to exit now",
+        remaining,
+        extra=emoji(PROGRESS),
+    )
+    while (remaining := until - time.monotonic()) > 0:
+        request = requests.wait(min(remaining, WAIT_POLL_SECONDS))
+        if request is not None:
+            log.warning(
+                "%s during the unhealthy hold: exiting now, %.1f s early",
+                request.reason,
+                remaining,
+                extra=emoji(WARNING),
+            )
+            return
+
+
 def _install_signal_handlers(requests: ShutdownRequests) -> Callable[[], None]:
     """Install the SIGTERM/SIGINT/SIGUSR1 handlers; return what puts the previous ones back."""
     if threading.current_thread() is not threading.main_thread():
@@ -155,7 +212,7 @@ def _install_signal_handlers(requests: ShutdownRequests) -> Callable[[], None]:
         return lambda: None
 
     def on_stop_signal(signum: int, frame: FrameType | None) -> None:
-        requests.request(f"{signal.Signals(signum).name} received")
+        requests.request(f"{signal.Signals(signum).name} received", signalled=True)
 
     def on_dump_signal(signum: int, frame: FrameType | None) -> None:
         log_thread_stacks()

@@ -11,25 +11,13 @@ from typing import Any
 
 import msgspec
 
-from orchestrator.broker.consumer import Delivery
+from orchestrator.delivery import Delivery
 from orchestrator.launch.base import TaskHandle, TaskState
 from orchestrator.messages import JobBase, SourceJob, StatusEvent
 
 
 class Incoming(msgspec.Struct, frozen=True):
-    """QueueListener -> Validator: a delivery from execute.queue."""
-
-    delivery: Delivery
-
-
-class Ack(msgspec.Struct, frozen=True):
-    """-> QueueListener: the delivery's outcome is durable; ack it."""
-
-    delivery: Delivery
-
-
-class Requeue(msgspec.Struct, frozen=True):
-    """-> QueueListener: give the delivery back to the broker (nack with requeue)."""
+    """Consumer (on the QueueListener's behalf) -> Validator: a delivery from execute.queue."""
 
     delivery: Delivery
 
@@ -48,8 +36,29 @@ class Withdraw(msgspec.Struct, frozen=True):
     delivery: Delivery
 
 
+class Stale(msgspec.Struct, frozen=True):
+    """QueueListener -> RateLimiter: the channel changed; deliveries of a generation below
+    ``generation`` are back with the broker (another process may have them now): drop them."""
+
+    generation: int
+
+
+class Widen(msgspec.Struct, frozen=True):
+    """RateLimiter -> QueueListener: consume with this many consumers (each a prefetch window), so
+    that the jobs waiting for a slot never fill every window and a ``stop`` behind them still comes."""
+
+    consumers: int
+
+
 class Release(msgspec.Struct, frozen=True):
     """-> RateLimiter: the deployment's job reached a state that frees its slot."""
+
+    deployment_id: str
+
+
+class Hold(msgspec.Struct, frozen=True):
+    """TimeoutMonitor -> RateLimiter: this process now follows an adopted task of the deployment;
+    count its slot (even beyond the limit: the task runs whatever the count says)."""
 
     deployment_id: str
 
@@ -63,10 +72,16 @@ class Launch(msgspec.Struct, frozen=True):
 
 
 class Track(msgspec.Struct, frozen=True):
-    """Dispatcher -> TimeoutMonitor: follow this task until it ends."""
+    """Dispatcher -> TimeoutMonitor: follow this task until it ends.
+
+    ``dispatched`` (the attempt's ``dispatched`` event and the ack of its delivery) is passed on to the
+    Publisher before anything the monitor learns of the task: one sender for all of a followed
+    attempt's events keeps them in order on the wire, even for a task that ends within a millisecond.
+    """
 
     handle: TaskHandle
     job: SourceJob
+    dispatched: Publish | None = None
 
 
 class Observed(msgspec.Struct, frozen=True):
@@ -74,6 +89,12 @@ class Observed(msgspec.Struct, frozen=True):
 
     states: tuple[TaskState, ...]
     errors: tuple[str, ...] = ()
+
+
+class TasksEnded(msgspec.Struct, frozen=True):
+    """A launcher's exit watcher -> TimeoutMonitor: these tasks ended just now (not at the next poll)."""
+
+    states: tuple[TaskState, ...]
 
 
 class StopRequest(msgspec.Struct, frozen=True):
@@ -102,8 +123,12 @@ class Publish(msgspec.Struct, frozen=True, kw_only=True):
     events: tuple[StatusEvent, ...] = ()
     messages: tuple[Outgoing, ...] = ()
     ack: Delivery | None = None
-    #: Called (on the Publisher's thread; it must only ``tell``) once every AMQP part is confirmed.
+    #: Called (on the publisher's I/O thread; it must only ``tell``) once every AMQP part is confirmed.
     after: Any = None
+    #: The job outcome this publish makes final (``succeeded``, ``failed``, ``stopped``,
+    #: ``rejected``): counted in ``jobs_finished_total`` once every AMQP part is confirmed, not when
+    #: it is sent (a publish that fails is redelivered and counted when it finally goes through).
+    finished: str | None = None
 
 
 class Tick(msgspec.Struct, frozen=True):

@@ -47,7 +47,7 @@ def make_event(
 ) -> StatusEvent:
     """A status event with ``seq`` and ``at`` filled in and the reason redacted and bounded."""
     if reason is not None:
-        reason = redact_text(reason)[:MAX_REASON_CHARS]
+        reason = redact_text(reason, limit=MAX_REASON_CHARS)
     return StatusEvent(
         deployment_id=deployment_id,
         type=job_type,

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Final, Literal
 
 import msgspec
@@ -25,6 +28,52 @@ LogFormat = Literal["text", "json"]
 
 _LEVEL_EMOJI: Final = {logging.WARNING: WARNING, logging.ERROR: FAILURE, logging.CRITICAL: FAILURE}
 _JSON: Final = msgspec.json.Encoder()
+
+
+#: Lines of one throttled kind logged per interval before the rest are only counted.
+DEFAULT_THROTTLE_BURST: Final = 20
+DEFAULT_THROTTLE_INTERVAL_SECONDS: Final = 10.0
+
+
+class LogThrottle:
+    """At most ``burst`` lines of one kind per ``interval_seconds``; the rest are counted, not logged.
+
+    For lines whose number an outsider controls (one per rejected message): a flood of hostile input
+    must not flood the log, nor spend the CPU that writing it costs. The next line allowed says how
+    many were left out, so nothing goes unseen; the metrics count every one.
+    """
+
+    def __init__(
+        self,
+        burst: int = DEFAULT_THROTTLE_BURST,
+        interval_seconds: float = DEFAULT_THROTTLE_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._burst = burst
+        self._interval = interval_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._window_start = -interval_seconds
+        self._in_window = 0
+        self._suppressed = 0
+
+    def allow(self) -> tuple[bool, int]:
+        """Whether to log this line, and how many were left out since the last one logged."""
+        with self._lock:
+            now = self._clock()
+            if now - self._window_start >= self._interval:
+                self._window_start, self._in_window = now, 0
+            if self._in_window >= self._burst:
+                self._suppressed += 1
+                return False, 0
+            self._in_window += 1
+            suppressed, self._suppressed = self._suppressed, 0
+            return True, suppressed
+
+
+def suppressed_note(count: int) -> str:
+    """`` (and N more like it not logged)`` for a throttled line, or nothing."""
+    return f" (and {count} more like it not logged)" if count else ""
 
 
 def emoji(kind: str) -> dict[str, str]:

@@ -24,6 +24,9 @@ from prometheus_client import (
 
 from orchestrator import __version__
 from orchestrator.config import LAUNCHERS
+from orchestrator.lifecycle.policy import CONFLICT_REASON_CLASS
+from orchestrator.poison import POISON_REASON_CLASS
+from orchestrator.validation.validator import REASON_CLASSES
 
 # The ``*_created`` series (start time of each counter) double the series count for no use here:
 # Prometheus detects counter resets without them.
@@ -35,6 +38,15 @@ OUTCOMES: Final = ("succeeded", "failed", "stopped", "rejected", "timed_out")
 TIMEOUT_KINDS: Final = ("start", "runtime")
 #: ``orchestrator_launch_errors_total{kind}`` values (see orchestrator.errors' LaunchError subclasses).
 LAUNCH_ERROR_KINDS: Final = ("throttled", "capacity", "permanent")
+#: ``orchestrator_jobs_rejected_total{reason_class}`` values: the validator's classes, poison (a
+#: delivery over its redelivery limit), conflict (a deploymentId in use by another job) and the
+#: catch-all of a rejection without a class.
+REJECTION_CLASSES: Final = (*REASON_CLASSES, POISON_REASON_CLASS, CONFLICT_REASON_CLASS, "rejected")
+#: ``orchestrator_status_events_published_total{sink,outcome}`` values.
+STATUS_SINKS: Final = ("amqp", "redis")
+PUBLISH_OUTCOMES: Final = ("ok", "error", "dropped")
+#: ``orchestrator_ecs_api_calls_total{operation}`` values: every ECS operation the launcher calls.
+ECS_OPERATIONS: Final = ("RunTask", "DescribeTasks", "ListTasks", "StopTask")
 
 #: Receive -> dispatched: from one millisecond to a minute.
 DISPATCH_LATENCY_BUCKETS: Final = (
@@ -54,6 +66,8 @@ DISPATCH_LATENCY_BUCKETS: Final = (
     30,
     60,
 )
+#: One launch call (RunTask, or starting a local process): the same, up to two minutes.
+LAUNCH_DURATION_BUCKETS: Final = (*DISPATCH_LATENCY_BUCKETS[:-1], 120)
 #: Dispatched -> terminal: from one second to four hours.
 JOB_DURATION_BUCKETS: Final = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
 
@@ -80,8 +94,19 @@ JOB_DURATION: Final = Histogram(
     ["launcher"],
     buckets=JOB_DURATION_BUCKETS,
 )
+LAUNCH_DURATION: Final = Histogram(
+    "orchestrator_launch_duration_seconds",
+    "One launch call to the back-end (RunTask, or starting a local process), by launcher; each "
+    "throttled retry is a call of its own.",
+    ["launcher"],
+    buckets=LAUNCH_DURATION_BUCKETS,
+)
 JOBS_RUNNING: Final = Gauge("orchestrator_jobs_running", "Worker tasks this process is tracking now.")
 JOBS_WAITING: Final = Gauge("orchestrator_jobs_waiting", "Jobs waiting for a concurrency slot.")
+SLOTS_RELEASED_BY_AUDIT: Final = Counter(
+    "orchestrator_slots_released_by_audit_total",
+    "Slots the self-check gave back because no job of theirs was followed any more (a leak found).",
+)
 RETRIES: Final = Counter("orchestrator_retries_total", "Jobs scheduled for another attempt.")
 TIMEOUTS: Final = Counter(
     "orchestrator_timeouts_total", "Tasks stopped for a timeout, by kind (start, runtime).", ["kind"]
@@ -117,9 +142,17 @@ def _initialise_closed_label_sets() -> None:
         JOBS_FINISHED.labels(outcome=outcome)
     for kind in TIMEOUT_KINDS:
         TIMEOUTS.labels(kind=kind)
+    for reason_class in REJECTION_CLASSES:
+        JOBS_REJECTED.labels(reason_class=reason_class)
+    for sink in STATUS_SINKS:
+        for outcome in PUBLISH_OUTCOMES:
+            STATUS_EVENTS_PUBLISHED.labels(sink=sink, outcome=outcome)
+    for operation in ECS_OPERATIONS:
+        ECS_API_CALLS.labels(operation=operation)
     for launcher in LAUNCHERS:
         JOBS_DISPATCHED.labels(launcher=launcher)
         JOB_DURATION.labels(launcher=launcher)
+        LAUNCH_DURATION.labels(launcher=launcher)
         LAUNCHES_INFLIGHT.labels(launcher=launcher)
         for kind in LAUNCH_ERROR_KINDS:
             LAUNCH_ERRORS.labels(launcher=launcher, kind=kind)

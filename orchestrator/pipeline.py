@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Final
 
 from orchestrator import metrics
+from orchestrator.commands import TasksEnded
 from orchestrator.config import LAUNCHERS, Config
 from orchestrator.coordination import (
     DoneMarkers,
@@ -22,9 +23,11 @@ from orchestrator.coordination import (
     connect_redis,
     instance_id,
 )
+from orchestrator.delivery import Settler
 from orchestrator.launch import make_launcher
-from orchestrator.launch.base import Launcher
+from orchestrator.launch.base import Launcher, NotifiesEnds
 from orchestrator.launch.guard import GuardedLauncher
+from orchestrator.poison import RedeliveryCounter
 from orchestrator.reconcile import Reconciler
 from orchestrator.runtime.health import HealthBoard
 from orchestrator.runtime.supervisor import Supervisor
@@ -107,20 +110,38 @@ def register_pipeline(
         done_markers=done_markers,
         registry=registry,
         reconciler=Reconciler(launchers, registry, done_markers, me),
+        redeliveries=RedeliveryCounter(client, prefix),
     )
     slots = coordination.slots
+    # The slot pool outlives actor restarts; its lease renewal stops with the pipeline (the leases
+    # themselves are left to expire: the tasks they count may still run, to be adopted).
+    supervisor.on_stopped(slots.close)
     guards = {
-        name: GuardedLauncher(launcher, me, registry, done_markers) for name, launcher in launchers.items()
+        name: GuardedLauncher(launcher, me, registry, done_markers, slot_held=slots.holds_surely)
+        for name, launcher in launchers.items()
     }
     table = TaskTable()
+
+    def followed() -> frozenset[str]:
+        """The deployments this process tracks or is launching (what may hold a slot here)."""
+        return table.deployment_ids().union(*(g.active_deployments() for g in guards.values()))
 
     # Factories run at start_all, once every actor is added, so each can look up the handles of
     # actors added after it (the pipeline has cycles: dispatch -> monitor -> rate limiter -> dispatch).
     handle = supervisor.handle
+    #: Acks and requeues go from any actor straight to the consumer the QueueListener attaches.
+    settler = Settler()
+
+    # Launchers that can tell of a task's end as it happens (local: a pidfd per task) tell the
+    # monitor at once; the poll stays the fallback and follows everything else.
+    for launcher in launchers.values():
+        if isinstance(launcher, NotifiesEnds):
+            launcher.notify_ends(lambda states: handle(MONITOR).tell(TasksEnded(states=tuple(states))))
+            supervisor.on_stopped(launcher.close)
 
     supervisor.add(INSTANCE, lambda r: InstanceLeaseActor.start(r, registry))
     supervisor.add(
-        PUBLISHER, lambda r: PublisherActor.start(r, config, board, handle(LISTENER)), depends_on=[INSTANCE]
+        PUBLISHER, lambda r: PublisherActor.start(r, config, board, settler), depends_on=[INSTANCE]
     )
     supervisor.add(
         MONITOR,
@@ -131,7 +152,8 @@ def register_pipeline(
             guards,
             table,
             coordination,
-            {name: handle(name) for name in (PUBLISHER, RATE_LIMITER, LISTENER)},
+            {name: handle(name) for name in (PUBLISHER, RATE_LIMITER)},
+            settler,
         ),
         depends_on=[PUBLISHER],
     )
@@ -139,7 +161,14 @@ def register_pipeline(
         supervisor.add(
             dispatcher_name(name),
             lambda r, name=name: DispatcherActor.start(  # type: ignore[misc]
-                r, config, guards[name], me, handle(PUBLISHER), handle(MONITOR), handle(RATE_LIMITER)
+                r,
+                config,
+                guards[name],
+                me,
+                handle(PUBLISHER),
+                handle(MONITOR),
+                handle(RATE_LIMITER),
+                coordination,
             ),
             depends_on=[PUBLISHER, MONITOR],
         )
@@ -152,6 +181,9 @@ def register_pipeline(
             {name: handle(dispatcher_name(name)) for name in launchers},
             handle(PUBLISHER),
             handle(LISTENER),
+            settler,
+            followed,
+            board,
         ),
         depends_on=[dispatcher_name(name) for name in launchers],
     )
@@ -163,13 +195,15 @@ def register_pipeline(
             handle(PUBLISHER),
             handle(RATE_LIMITER),
             handle(MONITOR),
-            handle(LISTENER),
+            settler,
             coordination,
         ),
         depends_on=[RATE_LIMITER, MONITOR, PUBLISHER],
     )
     supervisor.add(
         LISTENER,
-        lambda r: QueueListenerActor.start(r, config, board, handle(VALIDATOR), handle(RATE_LIMITER)),
+        lambda r: QueueListenerActor.start(
+            r, config, board, handle(VALIDATOR), handle(RATE_LIMITER), settler
+        ),
         depends_on=[VALIDATOR],
     )

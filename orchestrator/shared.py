@@ -6,7 +6,7 @@ Every member is thread-safe.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orchestrator.coordination import (
     DoneMarkers,
@@ -14,6 +14,7 @@ from orchestrator.coordination import (
     PendingRetries,
     StopMarkers,
 )
+from orchestrator.poison import RedeliveryCounter
 from orchestrator.reconcile import Reconciler
 from orchestrator.slots import SlotPool
 
@@ -29,3 +30,5 @@ class Coordination:
     done_markers: DoneMarkers
     registry: InstanceRegistry
     reconciler: Reconciler
+    #: Counts redeliveries of classic-queue messages (quorum queues count them for us).
+    redeliveries: RedeliveryCounter = field(default_factory=lambda: RedeliveryCounter(None, ""))

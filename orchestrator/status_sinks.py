@@ -1,19 +1,18 @@
-"""Where status events go: the AMQP status queue (with publisher confirms) and a Redis channel.
+"""Where status events go besides the AMQP status queue: the Redis channel.
 
-Both sinks take an event and a callback, keep events in order while their service is down, and retry
-with backoff; neither ever blocks its caller on the network.
+The AMQP status queue needs no sink of its own: the Publisher actor (``actors/publisher.py``) sends
+events there with a :class:`~orchestrator.broker.publisher.ConfirmingPublisher`, together with the
+other messages of the same :class:`~orchestrator.commands.Publish`, whose delivery is acked once all
+of them are confirmed.
 
-- :class:`AmqpStatusSink` publishes to ``status.queue`` through the exchange with a
-  :class:`~orchestrator.broker.publisher.ConfirmingPublisher`: ``on_done(True, "")`` means the broker
-  has the event. Past ``status.buffer`` unconfirmed events it refuses more with
-  :class:`~orchestrator.errors.SinkError` (the caller keeps its delivery unacked; nothing is lost).
-- :class:`RedisStatusSink` PUBLISHes to ``status.redis_channel`` from its own thread. Redis pub/sub is
-  fire-and-forget (a subscriber that is not connected never sees the event), so this sink never holds
-  up an ack; it keeps up to ``status.buffer`` events in order while Redis is unreachable and sends them
-  when it is back. Past that bound the *oldest* waiting event is dropped, with a ❌ log line, the
-  metric ``orchestrator_status_events_published_total{sink="redis",outcome="dropped"}``, the
-  :attr:`RedisStatusSink.dropped` count and the optional ``on_drop`` hook; its ``on_done`` gets
-  ``(False, "dropped: ...")``.
+:class:`RedisStatusSink` PUBLISHes to ``status.redis_channel`` from its own thread. Redis pub/sub is
+fire-and-forget (a subscriber that is not connected never sees the event), so this sink never holds up
+an ack and never blocks its caller on the network; it keeps up to ``status.buffer`` events in order
+while Redis is unreachable, retries with backoff, and sends them when it is back. Past that bound the
+*oldest* waiting event is dropped, with a ❌ log line, the metric
+``orchestrator_status_events_published_total{sink="redis",outcome="dropped"}``, the
+:attr:`RedisStatusSink.dropped` count and the optional ``on_drop`` hook; its ``on_done`` gets
+``(False, "dropped: ...")``.
 
 Events are encoded with :func:`orchestrator.messages.encode`; ``seq`` is set by the caller.
 """
@@ -33,9 +32,7 @@ from redis.retry import Retry
 
 from orchestrator import metrics
 from orchestrator.broker.connection import Backoff
-from orchestrator.broker.publisher import ConfirmingPublisher
-from orchestrator.broker.topology import status_topology
-from orchestrator.config import BrokerConfig, RedisConfig, StatusConfig
+from orchestrator.config import RedisConfig, StatusConfig
 from orchestrator.errors import SinkError
 from orchestrator.logs import FAILURE, PROGRESS, SUCCESS, WARNING, emoji
 from orchestrator.messages import StatusEvent, encode
@@ -45,84 +42,18 @@ log = logging.getLogger(__name__)
 
 OnDone = Callable[[bool, str], None]
 
-CONTENT_TYPE: Final = "application/json"
 #: ``on_done`` reasons of events the Redis sink had to drop start with this.
 DROPPED: Final = "dropped"
 #: Upper bound of the Redis sink's reconnection delay.
 REDIS_RECONNECT_MAX_SECONDS: Final = 30.0
 #: While idle, the Redis sink PINGs this often so that /health notices Redis going away.
 REDIS_IDLE_PING_SECONDS: Final = 10.0
+#: Most events sent to Redis in one round trip (a pipeline of PUBLISH commands).
+REDIS_BATCH: Final = 100
 #: Extra time :meth:`RedisStatusSink.close` gives its thread after the timeout.
 CLOSE_GRACE_SECONDS: Final = 2.0
 
 T = TypeVar("T")
-
-
-def message_id(event: StatusEvent) -> str:
-    """A message id that is the same for every resend of ``event``, so consumers can de-duplicate."""
-    return f"{event.deployment_id}/{event.seq}"
-
-
-class AmqpStatusSink:
-    """Status events to ``status.queue`` through ``broker.exchange``, confirmed by the broker.
-
-    The exchange and the status queue are declared (or checked, with ``broker.declare = false``) on
-    every channel before anything is sent, so the sink does not depend on the consumer having started.
-
-    Args:
-        broker: the ``broker`` config section.
-        status: the ``status`` config section (queue name, buffer size).
-        on_connectivity: ``(True, "")`` when connected, ``(False, reason)`` when not.
-    """
-
-    def __init__(
-        self,
-        broker: BrokerConfig,
-        status: StatusConfig,
-        *,
-        on_connectivity: Callable[[bool, str], None],
-    ) -> None:
-        self._broker = broker
-        self._status = status
-        self._publisher = ConfirmingPublisher(
-            broker,
-            name="status",
-            max_pending=status.buffer,
-            on_connectivity=on_connectivity,
-            topology=status_topology(broker, status),
-        )
-
-    @property
-    def connection_name(self) -> str:
-        """The ``connection_name`` of the underlying AMQP connection."""
-        return self._publisher.connection_name
-
-    def start(self) -> None:
-        """Start the publisher's I/O thread."""
-        self._publisher.start()
-
-    def publish(self, event: StatusEvent, on_done: OnDone) -> None:
-        """Send ``event``; ``on_done(True, "")`` once the broker confirmed it (never blocks).
-
-        Raises:
-            SinkError: ``status.buffer`` events are already waiting for confirms, or the sink is closed.
-        """
-        self._publisher.publish(
-            self._broker.exchange,
-            self._status.queue,
-            encode(event),
-            content_type=CONTENT_TYPE,
-            message_id=message_id(event),
-            on_confirm=on_done,
-        )
-
-    def pending(self) -> int:
-        """Events not yet confirmed."""
-        return self._publisher.pending()
-
-    def close(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for confirms, then close; the rest get ``on_done(False, ...)``."""
-        self._publisher.close(timeout)
 
 
 class DropOldestBuffer(Generic[T]):
@@ -203,7 +134,8 @@ class RedisStatusSink:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._buffer: DropOldestBuffer[_Entry] = DropOldestBuffer(status.buffer)
-        self._current: _Entry | None = None
+        #: The batch being sent (retried whole until Redis takes it).
+        self._current: list[_Entry] = []
         self._dropped = 0
         self._closing = False
         self._halt = threading.Event()
@@ -250,7 +182,7 @@ class RedisStatusSink:
     def pending(self) -> int:
         """Events waiting, plus the one being sent."""
         with self._lock:
-            return len(self._buffer) + (self._current is not None)
+            return len(self._buffer) + len(self._current)
 
     def close(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the waiting events to be sent, then stop the thread.
@@ -263,7 +195,7 @@ class RedisStatusSink:
             self._changed.notify_all()
             while (
                 self._thread is not None
-                and (len(self._buffer) or self._current is not None)
+                and (len(self._buffer) or self._current)
                 and (remaining := deadline - time.monotonic()) > 0
             ):
                 self._changed.wait(remaining)
@@ -273,8 +205,8 @@ class RedisStatusSink:
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()) + CLOSE_GRACE_SECONDS)
         with self._lock:
-            leftovers = ([self._current] if self._current is not None else []) + self._buffer.drain()
-            self._current = None
+            leftovers = self._current + self._buffer.drain()
+            self._current = []
         if leftovers:
             log.error(
                 "Redis status sink closed with %d events not published", len(leftovers), extra=emoji(FAILURE)
@@ -306,33 +238,37 @@ class RedisStatusSink:
                 log.exception("on_drop callback failed", extra=emoji(FAILURE))
         _call(entry.on_done, False, reason)
 
-    def _next(self) -> tuple[str, _Entry | None]:
-        """Wait for work: ``("send", entry)``, ``("ping", None)`` or ``("stop", None)``."""
+    def _next(self) -> tuple[str, list[_Entry]]:
+        """Wait for work: ``("send", batch)``, ``("ping", [])`` or ``("stop", [])``."""
         with self._changed:
             while True:
                 if self._halt.is_set():
-                    return "stop", None
-                if self._current is None:
-                    self._current = self._buffer.pop()
-                if self._current is not None:
-                    return "send", self._current
+                    return "stop", []
+                while len(self._current) < REDIS_BATCH and (entry := self._buffer.pop()) is not None:
+                    self._current.append(entry)
+                if self._current:
+                    return "send", list(self._current)
                 if self._closing:
-                    return "stop", None
+                    return "stop", []
                 if self._ping_due:
-                    return "ping", None
+                    return "ping", []
                 if not self._changed.wait(REDIS_IDLE_PING_SECONDS):
                     self._ping_due = True
 
     def _run(self) -> None:
         while True:
-            action, entry = self._next()
+            action, batch = self._next()
             if action == "stop":
                 return
             try:
-                if entry is None:
+                if not batch:
                     self._client.ping()
                 else:
-                    self._client.publish(self._channel, entry.payload)
+                    # One round trip for the batch (events of a flood would otherwise cost one each).
+                    pipe = self._client.pipeline(transaction=False)
+                    for entry in batch:
+                        pipe.publish(self._channel, entry.payload)
+                    pipe.execute()
             except (redis.RedisError, OSError) as e:
                 self._set_up(False, redact_text(f"{type(e).__name__}: {e}"))
                 delay = self._backoff.next_delay()
@@ -343,10 +279,10 @@ class RedisStatusSink:
             self._set_up(True, "")
             with self._changed:
                 self._ping_due = False
-                if entry is not None:
-                    self._current = None
+                if batch:
+                    self._current = []
                     self._changed.notify_all()
-            if entry is not None:
+            for entry in batch:
                 _call(entry.on_done, True, "")
 
     def _set_up(self, up: bool, reason: str) -> None:
@@ -357,7 +293,7 @@ class RedisStatusSink:
             log.info("Redis status channel %s reachable", self._channel, extra=emoji(SUCCESS))
         else:
             with self._lock:
-                waiting = len(self._buffer) + (self._current is not None)
+                waiting = len(self._buffer) + len(self._current)
             log.warning(
                 "Redis (%s) unreachable: %s; keeping %d events in order until it is back",
                 redact_url(self._url),

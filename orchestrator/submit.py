@@ -1,4 +1,12 @@
-"""``orchestrator submit FILE [--wait]``: publish a job, and optionally follow it to its end."""
+"""``orchestrator submit FILE [--wait]``: publish a job, and optionally follow it to its end.
+
+A broker or Redis that cannot be used ends in one line naming the endpoint (``host:port``, never the
+password) and the cause — connection refused, DNS, authentication, virtual host, TLS, timeout, a
+missing exchange or queue — raised as :class:`~orchestrator.errors.BrokerError` (RabbitMQ) or
+:class:`~orchestrator.errors.CoordinationError` (Redis); the CLI exits 4 on either. Connection
+timeouts: RabbitMQ's are pika's, which ``broker.url`` may set (``?socket_timeout=2&stack_timeout=5``;
+default 10 s and 15 s), Redis's ``redis.socket_timeout_seconds``.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +18,20 @@ from typing import Final
 
 import msgspec
 import pika
+import pika.exceptions
 import redis
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
+from orchestrator.broker.connection import (
+    BLOCKED_CONNECTION_TIMEOUT_SECONDS,
+    PRODUCT,
+    connection_name,
+)
 from orchestrator.config import Config
-from orchestrator.errors import BrokerError, OrchestratorError
+from orchestrator.connect_errors import connection_cause, endpoint, error_chain
+from orchestrator.errors import BrokerError, CoordinationError
 from orchestrator.messages import EVENT_DECODER, TERMINAL_STATUSES, JobBase, StatusEvent, encode
+from orchestrator.redaction import redact_text
 from orchestrator.validation import JobValidator, Rejection
 
 EXIT_SUCCEEDED: Final = 0
@@ -58,10 +75,7 @@ def submit(
 
 
 def _publish(config: Config, body: bytes) -> None:
-    try:
-        connection = pika.BlockingConnection(pika.URLParameters(config.broker.url))
-    except pika.exceptions.AMQPError as e:
-        raise BrokerError(f"cannot connect to RabbitMQ ({type(e).__name__}); is it running?") from None
+    connection = _connect_broker(config)
     try:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -76,14 +90,52 @@ def _publish(config: Config, body: bytes) -> None:
         )
     except pika.exceptions.UnroutableError:
         raise BrokerError(
-            f"the job could not be routed to {config.broker.execute_queue!r}: "
+            f"RabbitMQ at {endpoint(config.broker.url)}: the job could not be routed to queue "
+            f"{config.broker.execute_queue!r} (no such queue bound to exchange {config.broker.exchange!r}): "
             "is the orchestrator's topology declared (start the orchestrator once)?"
         ) from None
-    except pika.exceptions.AMQPError as e:
-        raise BrokerError(f"publishing the job failed ({type(e).__name__})") from None
+    except (pika.exceptions.AMQPError, OSError) as e:
+        raise BrokerError(_broker_failure(config, "publishing the job", e)) from None
     finally:
-        with contextlib.suppress(pika.exceptions.AMQPError):
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
             connection.close()
+
+
+# --- describing failures -------------------------------------------------------------------------
+
+def _broker_failure(config: Config, doing: str, error: BaseException) -> str:
+    """One line for a failure after connecting: a refused operation, or the connection lost."""
+    failed = f"RabbitMQ at {endpoint(config.broker.url)}: {doing} failed"
+    for e in error_chain(error):
+        if isinstance(e, pika.exceptions.ChannelClosedByBroker):
+            if e.reply_code == 404:
+                return (
+                    f"{failed}: not found ({e.reply_text}); is the orchestrator's topology declared "
+                    "(start the orchestrator once), and is broker.exchange right?"
+                )
+            if e.reply_code == 403:
+                return f"{failed}: access refused ({e.reply_text}); check the user's permissions"
+            return f"{failed}: {e.reply_code} {e.reply_text}"
+        if isinstance(e, pika.exceptions.ConnectionBlockedTimeout):
+            return f"{failed}: the broker blocked the connection (a resource alarm: memory or disk)"
+    cause = connection_cause(error, what="RabbitMQ", key="broker.url", url=config.broker.url)
+    return f"{failed}: connection lost ({cause})"
+
+
+def _connect_broker(config: Config) -> pika.BlockingConnection:
+    """A connection to RabbitMQ, or :class:`BrokerError` naming the endpoint and the cause."""
+    try:
+        params = pika.URLParameters(config.broker.url)
+    except (ValueError, TypeError) as e:
+        raise BrokerError(f"broker.url: {redact_text(str(e))}") from None
+    params.client_properties = {"connection_name": connection_name("submit"), "product": PRODUCT}
+    if params.blocked_connection_timeout is None:
+        params.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT_SECONDS
+    try:
+        return pika.BlockingConnection(params)
+    except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as e:
+        cause = connection_cause(e, what="RabbitMQ", key="broker.url", url=config.broker.url)
+        raise BrokerError(f"cannot connect to RabbitMQ at {endpoint(config.broker.url)}: {cause}") from None
 
 
 EventSource = Callable[[float], StatusEvent | None]
@@ -102,40 +154,61 @@ def _events(config: Config) -> Iterator[EventSource]:
 
 @contextlib.contextmanager
 def _redis_events(config: Config) -> Iterator[EventSource]:
-    client = redis.Redis.from_url(config.redis.url, socket_connect_timeout=5)
+    url = config.redis.url
+    where = f"Redis at {endpoint(url)}"
+    timeout = config.redis.socket_timeout_seconds
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except ValueError as e:
+        raise CoordinationError(f"redis.url: {redact_text(str(e))}") from None
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         pubsub.subscribe(config.status.redis_channel)
-    except redis.RedisError as e:
-        raise OrchestratorError(f"cannot subscribe to Redis ({type(e).__name__}); is it running?") from None
+    except (redis.RedisError, OSError) as e:
+        cause = connection_cause(e, what="Redis", key="redis.url", url=url)
+        raise CoordinationError(f"cannot subscribe to {where}: {cause}") from None
 
-    def next_event(timeout: float) -> StatusEvent | None:
-        message = pubsub.get_message(timeout=timeout)
+    def next_event(wait: float) -> StatusEvent | None:
+        try:
+            message = pubsub.get_message(timeout=wait)
+        except (redis.RedisError, OSError) as e:
+            cause = connection_cause(e, what="Redis", key="redis.url", url=url)
+            raise CoordinationError(f"{where}: lost while following the job's events ({cause})") from None
         return _decode(message["data"]) if message else None
 
     try:
         yield next_event
     finally:
-        pubsub.close()
-        client.close()
+        with contextlib.suppress(redis.RedisError, OSError):
+            pubsub.close()
+            client.close()
 
 
 @contextlib.contextmanager
 def _amqp_events(config: Config) -> Iterator[EventSource]:
-    connection = pika.BlockingConnection(pika.URLParameters(config.broker.url))
-    channel = connection.channel()
-    private = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-    channel.queue_bind(private, config.broker.exchange, routing_key=config.status.queue)
+    connection = _connect_broker(config)
+    try:
+        channel = connection.channel()
+        private = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(private, config.broker.exchange, routing_key=config.status.queue)
+    except (pika.exceptions.AMQPError, OSError) as e:
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            connection.close()
+        doing = f"subscribing to {config.status.queue!r} events on exchange {config.broker.exchange!r}"
+        raise BrokerError(_broker_failure(config, doing, e)) from None
 
     def next_event(timeout: float) -> StatusEvent | None:
-        for _method, _props, body in channel.consume(private, auto_ack=True, inactivity_timeout=timeout):
-            return _decode(body) if body is not None else None
+        try:
+            for _method, _props, body in channel.consume(private, auto_ack=True, inactivity_timeout=timeout):
+                return _decode(body) if body is not None else None
+        except (pika.exceptions.AMQPError, OSError) as e:
+            raise BrokerError(_broker_failure(config, "following the job's events", e)) from None
         return None
 
     try:
         yield next_event
     finally:
-        with contextlib.suppress(pika.exceptions.AMQPError):
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
             connection.close()
 
 

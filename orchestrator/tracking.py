@@ -6,12 +6,14 @@ clock, and carries out what it decides (publish, StopTask, release the slot, ret
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import Final, Literal
 
 import msgspec
 
 from orchestrator.launch.base import TaskHandle, TaskState
+from orchestrator.lifecycle.policy import STOPPED_ON_REQUEST
 from orchestrator.messages import SourceJob
 
 StopKind = Literal["start_timeout", "max_runtime", "stop"]
@@ -21,7 +23,7 @@ Outcome = Literal["succeeded", "failed", "stopped", "timed_out"]
 STOP_REASONS: Final[dict[str, str]] = {
     "start_timeout": "not RUNNING within the start timeout",
     "max_runtime": "ran longer than the maximum runtime",
-    "stop": "stopped on request",
+    "stop": STOPPED_ON_REQUEST,
 }
 
 
@@ -66,12 +68,19 @@ class Ended(msgspec.Struct, frozen=True):
 
 Decision = BecameRunning | StopNow | Ended
 
+#: An end pushed for a task not followed yet (its Track is still on its way: a 1 ms task ends before
+#: its dispatcher's message arrives) is kept this long, at most this many.
+EARLY_END_SECONDS: Final = 60.0
+EARLY_END_MAX: Final = 10_000
+
 
 class TaskTable:
     """Every task this process follows, by task id, with a per-deployment index."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, Tracked] = {}
+        #: task id -> (its end, when it was pushed): ends that came before the task was followed.
+        self._early_ends: collections.OrderedDict[str, tuple[TaskState, float]] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -89,6 +98,14 @@ class TaskTable:
     def task_ids(self) -> frozenset[str]:
         """The ids of every followed task."""
         return frozenset(self._tasks)
+
+    def deployment_ids(self) -> frozenset[str]:
+        """The deployments of the tracked tasks (safe to call from another thread: it copies)."""
+        return frozenset(t.handle.deployment_id for t in list(self._tasks.values()))
+
+    def forget(self, task_id: str) -> Tracked | None:
+        """Stop following ``task_id`` (another process follows it now); what was tracked, if anything."""
+        return self._tasks.pop(task_id, None)
 
     def get(self, task_id: str) -> Tracked | None:
         """The tracked task with ``task_id``, if followed."""
@@ -129,6 +146,37 @@ class TaskTable:
         if state.phase == "missing":
             return [self._ended(tracked, None, state.reason or "the task vanished (MISSING)")]
         return [self._ended(tracked, state.exit_code, state.reason)]
+
+    def observe_pushed(self, state: TaskState, now: float) -> list[Decision]:
+        """An end a launcher pushed as it happened (``now``: monotonic seconds).
+
+        Judged like a polled observation when the task is followed; otherwise kept (for
+        :data:`EARLY_END_SECONDS`) until :meth:`catch_up` is called for it, and nothing is decided yet.
+        """
+        if state.handle.task_id in self._tasks:
+            return self.observe(state)
+        self._early_ends[state.handle.task_id] = (state, now)
+        self._forget_early_ends(now)
+        return []
+
+    def catch_up(self, task_id: str, now: float) -> list[Decision]:
+        """(Right after :meth:`add`.) What an end pushed before the task was followed decides now."""
+        self._forget_early_ends(now)
+        early = self._early_ends.pop(task_id, None)
+        return [] if early is None else self.observe(early[0])
+
+    def early_ends(self) -> int:
+        """How many pushed ends wait for their task to be followed."""
+        return len(self._early_ends)
+
+    def _forget_early_ends(self, now: float) -> None:
+        """Drop ends kept too long or past the bound: such a task is followed elsewhere, or its
+        follower lost its Track (an actor crash); the poll of whoever follows it decides."""
+        while self._early_ends:
+            task_id, (_, pushed_at) = next(iter(self._early_ends.items()))
+            if len(self._early_ends) <= EARLY_END_MAX and now - pushed_at < EARLY_END_SECONDS:
+                return
+            del self._early_ends[task_id]
 
     def _ended(self, tracked: Tracked, exit_code: int | None, reason: str | None) -> Ended:
         if tracked.stop_kind == "stop":

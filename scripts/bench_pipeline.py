@@ -11,8 +11,11 @@ own, deleted afterwards, plus a Redis key prefix of its own):
     event (blocking confirm), ack; jobs/s from the first consume to the last ack. Measured before and
     after the pipeline variants of its queue type (the broker's confirm latency drifts, quorum queues'
     most); b/a uses their mean.
-(b) the orchestrator pipeline in this process (every actor under a real Supervisor) with
-    :class:`InstantLauncher` (launch returns at once, the task ends at once): ``--n`` jobs preloaded
+(b) the orchestrator pipeline in this process (every actor under a real Supervisor) with the real
+    local launcher running ``true`` (``--launcher local``, the default: a shell wrapper and a process
+    per job, ends seen by the exit watcher; ``local.state_dir`` under ``$TMPDIR``) or, as a second
+    figure, :class:`InstantLauncher` (``--launcher instant``: launch returns at once, the task ends
+    at once, no process): ``--n`` jobs preloaded
     into the execute queue before the pipeline starts; jobs/s from the moment its consumer is
     consuming to the arrival of the last job's ``dispatched`` event on the status queue (and, as a
     second figure, to the last terminal event). Ratio b/a.
@@ -26,10 +29,11 @@ Status events are read by a separate process (``bench_status_collector.py``), in
 its own interpreter. Times are ``time.monotonic()`` in both processes (``CLOCK_MONOTONIC``, one clock
 per machine on Linux).
 
-Config of (b)/(c): ``limits.max_concurrent`` 100000 and ``ecs.launch_rate`` unlimited (neither
-limiter is what is measured), ``limits.poll_seconds`` 0.05, ``status.sinks`` and ``broker.prefetch``
-per variant. Logging at WARNING to stderr (``--log-level INFO --log-file F`` measures with the
-production level). Targets (b/a >= 1,
+Config of (b)/(c): ``ecs.launch_rate`` unlimited, ``status.sinks`` and ``broker.prefetch`` per
+variant; local: ``limits.max_concurrent`` 64 (``--max-concurrent``) and the default
+``limits.poll_seconds`` (ends are watched, not polled); instant: ``limits.max_concurrent`` 100000 and
+``limits.poll_seconds`` 0.05 (neither limiter is what is measured). Logging at WARNING to stderr
+(``--log-level INFO --log-file F`` measures with the production level). Targets (b/a >= 1,
 p99 < 50 ms at 200 jobs/s) are reported, not asserted: the exit status is non-zero only on errors
 (a job lost or late past the deadline, an actor that gave up, a broker error).
 """
@@ -50,6 +54,7 @@ import itertools  # noqa: E402
 import logging  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -71,10 +76,13 @@ from bench_status_collector import (  # noqa: E402
     decode_collected,
 )
 from pipeline.fakes import InstantLauncher  # noqa: E402
-from support import AMQP_URL, RUN_ID, isolated_config  # noqa: E402
+from support import AMQP_URL, RUN_ID, isolated_config, with_overrides  # noqa: E402
 
-from orchestrator.broker.topology import declare_topology, retry_queue_name  # noqa: E402
-from orchestrator.config import DEFAULT_PREFETCH, Config  # noqa: E402
+from orchestrator.broker.names import retry_queue_name  # noqa: E402
+from orchestrator.broker.topology import declare_topology  # noqa: E402
+from orchestrator.config import DEFAULT_POLL_SECONDS, DEFAULT_PREFETCH, Config  # noqa: E402
+from orchestrator.launch.base import Launcher  # noqa: E402
+from orchestrator.launch.local import LocalLauncher  # noqa: E402
 from orchestrator.logs import FAILURE, PROGRESS, SUCCESS, WARNING, TextFormatter  # noqa: E402
 from orchestrator.messages import BuildJob, encode  # noqa: E402
 from orchestrator.pipeline import register_pipeline  # noqa: E402
@@ -98,6 +106,8 @@ MAX_CONCURRENT: Final = 100_000
 UNPACED_LAUNCH_RATE: Final = 1_000_000.0
 UNPACED_LAUNCH_BURST: Final = 1_000_000
 POLL_SECONDS: Final = 0.05
+#: ``limits.max_concurrent`` with ``--launcher local`` (issue 11's setting: not binding for ``true``).
+LOCAL_MAX_CONCURRENT: Final = 64
 DRAIN_SECONDS: Final = 5.0
 #: Longest wait for jobs to come out of a phase before they count as lost (an error).
 PHASE_DEADLINE_SECONDS: Final = 60.0
@@ -176,6 +186,8 @@ class PipelineResult(msgspec.Struct, frozen=True, kw_only=True):
     dispatch_rate: float
     terminal_rate: float
     cpu_ms_per_job: float
+    #: Hand-offs from one thread to another per job (see :class:`HopCounter`).
+    hops_per_job: float
     latency: Latency | None
 
 
@@ -202,6 +214,17 @@ def bench_config(
         local__state_dir=state_dir,
         shutdown__drain_seconds=DRAIN_SECONDS,
     )
+
+
+def make_bench_launcher(kind: str, config: Config, state_dir: str) -> Launcher:
+    """``local``: the real local launcher running ``/usr/bin/true`` (a shell wrapper and a process per
+    job, ends seen by its exit watcher); ``instant``: :class:`InstantLauncher`, no process at all."""
+    if kind == "instant":
+        return InstantLauncher()
+    # The binary, not the word: dash runs ``true`` as a builtin, and the worker would never exist.
+    true = shutil.which("true") or "/bin/true"
+    local = with_overrides(config, local__command=true, local__state_dir=state_dir)
+    return LocalLauncher(local)
 
 
 def declare(config: Config) -> None:
@@ -330,16 +353,18 @@ class TimedBoard(HealthBoard):
         super().__init__(stuck_after_seconds)
         self.consuming_since: float | None = None
         self.cpu_at_consuming = 0.0
+        self.hops_at_consuming = 0
 
     def set_dependency(self, name: str, ok: bool, detail: str = "", *, required: bool = True) -> None:
         if name == "broker" and ok and self.consuming_since is None:
             self.cpu_at_consuming = cpu_seconds()
+            self.hops_at_consuming = HOPS.count()
             self.consuming_since = time.monotonic()
         super().set_dependency(name, ok, detail, required=required)
 
 
 @contextlib.contextmanager
-def running_pipeline(config: Config, launcher: InstantLauncher) -> Iterator[TimedBoard]:
+def running_pipeline(config: Config, launcher: Launcher) -> Iterator[TimedBoard]:
     """Every pipeline actor under a real Supervisor (as ``tests/pipeline/harness.py`` does), with a
     board that times the start of consumption (the harness's own board is not reachable)."""
     board = TimedBoard(config.http.stuck_after_seconds)
@@ -445,6 +470,50 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered), rank) - 1]
 
 
+class HopCounter:
+    """Counts hand-offs between threads in this process: pykka tells (actor to actor), pika's
+    ``add_callback_threadsafe`` (to a connection's I/O thread) and thread-pool submits (to a worker).
+
+    Each is one message put in another thread's queue and one wake-up of that thread: the unit of
+    the "thread hops per job" figure. Installed once, before any pipeline starts.
+    """
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+        self._reads = itertools.count()
+
+    def hop(self) -> None:
+        next(self._counter)
+
+    def count(self) -> int:
+        """Hops so far (``next`` on an ``itertools.count`` is atomic in CPython)."""
+        return next(self._counter) - next(self._reads)
+
+    def install(self) -> None:
+        import concurrent.futures
+
+        import pika.adapters.blocking_connection
+        import pika.adapters.select_connection
+        import pykka
+
+        for owner, name in (
+            (pykka.ActorRef, "tell"),
+            (pika.adapters.blocking_connection.BlockingConnection, "add_callback_threadsafe"),
+            (pika.adapters.select_connection.IOLoop, "add_callback_threadsafe"),
+            (concurrent.futures.ThreadPoolExecutor, "submit"),
+        ):
+            original = getattr(owner, name)
+
+            def counted(*args: Any, __original: Any = original, **kwargs: Any) -> Any:
+                self.hop()
+                return __original(*args, **kwargs)
+
+            setattr(owner, name, counted)
+
+
+HOPS: Final = HopCounter()
+
+
 def cpu_seconds() -> float:
     """CPU time this process has used so far (user + system, all threads)."""
     times = os.times()
@@ -477,6 +546,11 @@ def measure_pipeline(
 ) -> PipelineResult:
     """Phases (b) and (c) on one pipeline instance with its own queues."""
     config = bench_config(queue_type, variant, state_dir, args.launch_rate, args.launch_burst)
+    if args.launcher == "local":
+        # The product's settings: a real concurrency cap, and the default poll (ends are watched).
+        config = with_overrides(
+            config, limits__max_concurrent=args.max_concurrent, limits__poll_seconds=DEFAULT_POLL_SECONDS
+        )
     prefix = f"bench-{RUN_ID}-{next(_phase_numbers)}"
     preloaded = job_bodies(f"{prefix}-b", args.n)
     paced = job_bodies(f"{prefix}-c", round(args.rate * args.seconds))
@@ -487,12 +561,14 @@ def measure_pipeline(
         print(
             f"{PROGRESS} {queue_type} {variant}: {args.n} jobs preloaded; starting the pipeline", flush=True
         )
-        with StatusCollector(config) as collector, running_pipeline(config, InstantLauncher()) as board:
+        launcher = make_bench_launcher(args.launcher, config, os.path.join(state_dir, prefix))
+        with StatusCollector(config) as collector, running_pipeline(config, launcher) as board:
             # (b): the preloaded jobs, timed from the start of consumption.
             collector.wait_for(
                 dispatched=args.n, terminal=args.n, timeout=PHASE_DEADLINE_SECONDS, what="phase (b)"
             )
             cpu_b = cpu_seconds() - board.cpu_at_consuming
+            hops_b = HOPS.count() - board.hops_at_consuming
             if paced:
                 # (c): a steady offered rate on the same pipeline, once (b) is over.
                 publisher.start()
@@ -518,6 +594,7 @@ def measure_pipeline(
             dispatch_rate=args.n / (max(collected.dispatched_at[i] for i in b_ids) - started),
             terminal_rate=args.n / (max(collected.terminal_at[i] for i in b_ids) - started),
             cpu_ms_per_job=1000 * cpu_b / args.n,
+            hops_per_job=hops_b / args.n,
             latency=latency_of(publisher, collected) if paced else None,
         )
     finally:
@@ -550,13 +627,13 @@ def print_table(
     print()
     print(
         f"Pipeline benchmark: n={args.n} preloaded jobs for (a)/(b); (c) {args.rate:.0f} jobs/s offered "
-        f"for {args.seconds:g} s; InstantLauncher; limits.poll_seconds {POLL_SECONDS}; "
+        f"for {args.seconds:g} s; launcher {args.launcher}; "
         f"ecs.launch_rate {args.launch_rate:g}"
     )
     header = (
         f"{'queue':<8} {'sinks':<11} {'prefetch':>8} {'(a) raw/s':>10} {'(b) disp/s':>11} {'b/a':>6} "
         f"{'(b) term/s':>11} {'(c) p50 ms':>11} {'p99 ms':>8} {'max ms':>8} {'term p99':>9} "
-        f"{'offered/s':>9} {'pub lag ms':>10} {'CPU ms/job':>10}"
+        f"{'offered/s':>9} {'pub lag ms':>10} {'CPU ms/job':>10} {'hops/job':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -580,7 +657,7 @@ def print_table(
             )
         else:
             line += f" {'':>11} {'':>8} {'':>8} {'':>9} {'':>9} {'':>10}"
-        print(f"{line} {r.cpu_ms_per_job:>10.2f}")
+        print(f"{line} {r.cpu_ms_per_job:>10.2f} {r.hops_per_job:>8.1f}")
     print()
     for r in results:
         ratio = ratio_of(r, raw)
@@ -625,6 +702,18 @@ def parse_args() -> argparse.Namespace:
         "--launch-burst", type=int, default=UNPACED_LAUNCH_BURST, help="ecs.launch_burst of (b)/(c)"
     )
     parser.add_argument("--no-raw", action="store_true", help="skip (a) (e.g. while profiling (b))")
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "instant"),
+        default="local",
+        help="local: the real local launcher running `true`; instant: a stand-in with no process",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=LOCAL_MAX_CONCURRENT,
+        help="limits.max_concurrent with --launcher local (default %(default)s)",
+    )
     parser.add_argument("--log-level", default="WARNING", help="the orchestrator's log level")
     parser.add_argument("--log-file", help="write the orchestrator's log here instead of stderr")
     args = parser.parse_args()
@@ -675,6 +764,7 @@ def describe_environment() -> str:
 def main() -> int:
     args = parse_args()
     setup_logging(args.log_level, args.log_file)
+    HOPS.install()
     raw: dict[str, list[RawResult]] = {}
     results: list[PipelineResult] = []
     errors = 0

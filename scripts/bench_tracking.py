@@ -251,6 +251,7 @@ def stage_monitor(count: int) -> dict[str, Any]:
         connect_redis,
         instance_id,
     )
+    from orchestrator.delivery import Settler
     from orchestrator.launch.guard import GuardedLauncher
     from orchestrator.reconcile import Reconciler
     from orchestrator.runtime.actor import Ping, StandaloneReporter
@@ -281,13 +282,16 @@ def stage_monitor(count: int) -> dict[str, Any]:
     guard = GuardedLauncher(launcher, me, None)
     table = TaskTable()
     publisher = CountingSink()
-    sinks: dict[str, Any] = {
-        "publisher": publisher,
-        "rate_limiter": CountingSink(),
-        "queue_listener": CountingSink(),
-    }
+    sinks: dict[str, Any] = {"publisher": publisher, "rate_limiter": CountingSink()}
     monitor = TimeoutMonitorActor.start(
-        StandaloneReporter(), config, {"fargate": launcher}, {"fargate": guard}, table, coordination, sinks
+        StandaloneReporter(),
+        config,
+        {"fargate": launcher},
+        {"fargate": guard},
+        table,
+        coordination,
+        sinks,
+        Settler(),
     )
     try:
         monitor.ask(Ping(), timeout=STAGE_TIMEOUT_SECONDS)

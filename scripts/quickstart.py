@@ -107,6 +107,10 @@ allow_file_repos = true
 [http]
 host = 127.0.0.1
 port = {port}
+
+[shutdown]
+# No load balancer watches the quickstart: exit once drained instead of holding /health at 503.
+unhealthy_hold_seconds = 0
 """
     )
     return config

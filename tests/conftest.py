@@ -1,17 +1,27 @@
-"""Shared fixtures: the real RabbitMQ and Redis, with names unique to each test run."""
+"""Shared fixtures: the real RabbitMQ and Redis, with names unique to each test run.
+
+Every fixture more than one test folder uses is defined here, once.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 
 import pika
 import pytest
 import redis
-from support import AMQP_URL, REDIS_URL, RUN_ID, delete_broker_objects, isolated_config, unique
+from support import AMQP_URL, REDIS_URL, RUN_ID, delete_broker_objects, free_port, isolated_config, unique
 
-from orchestrator.config import Config
+from orchestrator.config import Config, RedisConfig
+from orchestrator.coordination import RedisClient, connect_redis
+from orchestrator.runtime.actor import STRICT_MESSAGES_ENV
+
+# An actor told a message outside its union raises, in this process and in every orchestrator process
+# the tests start: a bug that fails loudly here, not a log line.
+os.environ[STRICT_MESSAGES_ENV] = "1"
 
 __all__ = ["AMQP_URL", "REDIS_URL", "unique"]
 
@@ -36,13 +46,47 @@ def amqp_channel(
 
 
 @pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
+def redis_client() -> Iterator[redis.Redis[bytes]]:
     """A client of the real Redis."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def client() -> Iterator[RedisClient]:
+    """A client of the real Redis, made the way the orchestrator makes one (with its timeouts)."""
+    redis_client = connect_redis(RedisConfig(url=REDIS_URL))
+    try:
+        yield redis_client
+    finally:
+        redis_client.close()
+
+
+@pytest.fixture
+def prefix(client: RedisClient) -> Iterator[str]:
+    """A key prefix no other test uses (:func:`support.unique`); every key under it is deleted after."""
+    name = unique("keys")
+    try:
+        yield name
+    finally:
+        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+@pytest.fixture
+def down_redis() -> Iterator[RedisClient]:
+    """A client pointed at a port where no Redis listens, with a password that must never be shown."""
+    redis_client = connect_redis(
+        RedisConfig(url=f"redis://:hunter2secret@127.0.0.1:{free_port()}/0", socket_timeout_seconds=0.5)
+    )
+    try:
+        yield redis_client
+    finally:
+        redis_client.close()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""What every test module may import: service addresses and names unique to this test run.
+"""What every test module may import: service addresses, names unique to this test run, and the one
+way tests wait for something (:func:`wait_until`, :func:`holds_throughout`).
 
 ``tests/`` is on ``sys.path`` when pytest runs (it holds the root conftest.py and is not a package),
 so ``from support import unique`` works from any test folder.
@@ -9,8 +10,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import socket
+import threading
+import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 import pika
@@ -21,12 +26,86 @@ AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 RUN_ID = uuid.uuid4().hex[:8]
+
+#: A valid build job in the backend's form, every field set: what validation tests start from.
+SAMPLE_JOB: dict[str, Any] = {
+    "type": "build",
+    "deploymentId": "dep-7f3a9c21",
+    "repository": "https://github.com/blacktree-dev/sample-app.git",
+    "branch": "main",
+    "dockerFilePath": "Dockerfile",
+    "composeFilePath": "docker-compose.yml",
+    "contextDir": ".",
+    "createdAt": "2026-01-15T10:30:00Z",
+    "portNumber": "3000",
+    "autoDeploy": False,
+}
+
+#: How long :func:`wait_until` waits unless told: room for a loaded machine; a passing test never waits it.
+DEFAULT_WAIT_SECONDS = 30.0
+#: How often :func:`wait_until` and :func:`holds_throughout` look again.
+POLL_SECONDS = 0.02
+
+T = TypeVar("T")
+
 _counter = itertools.count(1)
+_pause = threading.Event()  # never set: its wait() is a pause that cannot outlive its timeout
+
+
+class WaitTimeoutError(AssertionError):
+    """What :func:`wait_until` raises at its deadline: a failed test, which says what it waited for."""
+
+
+def wait_until(
+    condition: Callable[[], T | None],
+    timeout: float = DEFAULT_WAIT_SECONDS,
+    what: str = "the condition",
+    interval: float = POLL_SECONDS,
+) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that.
+
+    Tests wait on the thing itself, never for a fixed time: this returns as soon as it holds.
+
+    Raises:
+        WaitTimeoutError: (an AssertionError) ``condition`` was still falsy after ``timeout`` seconds;
+            the message names ``what`` was awaited, for how long, and the last value seen.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            seen = "" if value is None or value is False else f" (last value: {value!r})"
+            raise WaitTimeoutError(f"timed out after {timeout:g} s waiting for {what}{seen}")
+        _pause.wait(interval)
+
+
+def holds_throughout(
+    condition: Callable[[], object], duration: float, interval: float = POLL_SECONDS
+) -> bool:
+    """Poll ``condition`` for ``duration`` seconds: False as soon as it is falsy once, else True.
+
+    The one place a test waits a fixed time: to show that something does *not* happen within it.
+    """
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        if not condition():
+            return False
+        _pause.wait(interval)
+    return bool(condition())
 
 
 def unique(prefix: str) -> str:
     """A name no other test, and no other run, uses: ``t.<run>.<n>.<prefix>``."""
     return f"t.{RUN_ID}.{next(_counter)}.{prefix}"
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on right now (connections to it are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def with_overrides(config: Config, **keys: Any) -> Config:
@@ -60,6 +139,8 @@ def isolated_config(prefix: str, **keys: Any) -> Config:
         "status__redis_channel": f"{base}.status",
         "http__host": "127.0.0.1",
         "http__port": 0,
+        # No load balancer watches a test's process: it exits once drained (the hold has its own tests).
+        "shutdown__unhealthy_hold_seconds": 0.0,
     }
     return with_overrides(load_config(environ={}), **(names | keys))
 

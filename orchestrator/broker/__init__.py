@@ -1,33 +1,13 @@
 """The RabbitMQ edge: topology, the consumer of the execute queue, the confirming publisher.
 
-Each of :class:`Consumer` and :class:`ConfirmingPublisher` owns one connection on its own I/O thread;
-the QueueListener and Publisher actors are thin shells around them. pika exceptions stay in here:
-callers see :class:`~orchestrator.errors.BrokerError`, :class:`~orchestrator.errors.SinkError` and
-``on_connectivity`` reports.
+Each of :class:`~orchestrator.broker.consumer.Consumer` and
+:class:`~orchestrator.broker.publisher.ConfirmingPublisher` owns one connection on its own I/O
+thread; the QueueListener and Publisher actors are thin shells around them. pika exceptions stay in
+here: callers see :class:`~orchestrator.errors.BrokerError`, :class:`~orchestrator.errors.SinkError`
+and ``on_connectivity`` reports.
+
+Import from the submodules. This package imports nothing itself, so that its pure parts
+(:mod:`~orchestrator.broker.headers`, :mod:`~orchestrator.broker.ledger`,
+:mod:`~orchestrator.broker.topology`'s plan) load without pika for the lifecycle core's shell and
+the actors' vocabulary.
 """
-
-from orchestrator.broker.connection import Backoff
-from orchestrator.broker.consumer import ATTEMPT_HEADER, Consumer, Delivery, DeliveryLedger
-from orchestrator.broker.publisher import ConfirmingPublisher, ConfirmLedger
-from orchestrator.broker.topology import (
-    Topology,
-    declare_topology,
-    plan_topology,
-    retry_queue_name,
-    status_topology,
-)
-
-__all__ = [
-    "ATTEMPT_HEADER",
-    "Backoff",
-    "ConfirmLedger",
-    "ConfirmingPublisher",
-    "Consumer",
-    "Delivery",
-    "DeliveryLedger",
-    "Topology",
-    "declare_topology",
-    "plan_topology",
-    "retry_queue_name",
-    "status_topology",
-]

@@ -24,7 +24,8 @@ from typing import Any, Final, Literal
 import msgspec
 import pika.exceptions
 
-from orchestrator.broker.connection import describe_error
+from orchestrator.broker.connection import describe_broker_error
+from orchestrator.broker.names import retry_queue_name
 from orchestrator.config import BrokerConfig, StatusConfig
 from orchestrator.errors import BrokerError
 
@@ -64,11 +65,6 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
         if self.declare:
             return self.steps
         return tuple(step for step in self.steps if step.kind != "bind")
-
-
-def retry_queue_name(config: BrokerConfig, delay_seconds: int) -> str:
-    """The delay queue of one retry tier, e.g. ``execute.retry.60s``."""
-    return f"{config.retry_queue_prefix}.{delay_seconds}s"
 
 
 def parse_version(text: str | bytes | None) -> tuple[int, ...] | None:
@@ -252,7 +248,9 @@ def run_topology(channel: Any, topology: Topology) -> None:
                 channel = channel.connection.channel()
                 spare_channels.append(channel)
     except pika.exceptions.AMQPError as e:
-        problems.append(f"the broker connection failed while declaring the topology ({describe_error(e)})")
+        problems.append(
+            f"the broker connection failed while declaring the topology ({describe_broker_error(e)})"
+        )
     finally:
         for spare in spare_channels:
             if spare.is_open:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Literal, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import LaunchError
 from orchestrator.messages import JOB_TYPE_BY_NAME, SourceJob
 
 if TYPE_CHECKING:
@@ -41,6 +41,9 @@ ENV_JOB_TYPE: Final = "JOB_TYPE"
 ENV_ATTEMPT: Final = "ATTEMPT"
 #: Every variable :func:`worker_environment` may set.
 WORKER_ENV_NAMES: Final = frozenset({*ENV_BY_FIELD.values(), ENV_JOB_TYPE, ENV_ATTEMPT})
+
+#: Hex characters kept of a job's SHA-256 (128 bits: two different jobs never share one by chance).
+JOB_DIGEST_CHARS: Final = 32
 
 #: ECS accepts a ``clientToken`` of up to 64 ASCII characters.
 CLIENT_TOKEN_MAX_CHARS: Final = 64
@@ -76,6 +79,9 @@ class TaskHandle(msgspec.Struct, frozen=True, kw_only=True):
     deadline: float | None
     #: The ECS cluster the task runs in (None for local tasks).
     cluster: str | None = None
+    #: :func:`job_digest` of the job the task runs; None when the task does not say (launched by a
+    #: version that did not record it), and then only ``job_type`` tells another job apart.
+    digest: str | None = None
 
     @classmethod
     def launched(
@@ -93,7 +99,50 @@ class TaskHandle(msgspec.Struct, frozen=True, kw_only=True):
             start_deadline=request.start_deadline,
             deadline=request.deadline,
             cluster=cluster,
+            digest=job_digest(request.job),
         )
+
+    def runs(self, job: SourceJob) -> bool:
+        """Whether this task can be ``job``'s: same type, and same digest when the task records one."""
+        return self.job_type == job.type and (self.digest is None or self.digest == job_digest(job))
+
+
+class JobConflictError(LaunchError):
+    """The job's deploymentId and attempt are already taken by a different job: it is rejected, never
+    launched and never given the other job's task."""
+
+    retryable = False
+    counts_as_attempt = False
+
+
+def job_digest(job: SourceJob) -> str:
+    """A digest of what ``job`` asks for, to tell two jobs under the same deploymentId apart.
+
+    The SHA-256 of the validated job's canonical JSON — its type and every field, defaults included,
+    keys sorted, so the same job always gives the same digest however its producer spelled it (an
+    omitted ``branch`` and ``"branch": "main"`` are one job) — cut to :data:`JOB_DIGEST_CHARS` hex
+    characters. ``createdAt`` is left out: no worker sees it, and a job rebuilt from its ECS task
+    (which keeps the job only in the worker's environment) must have the digest of the job that
+    launched it.
+    """
+    fields = msgspec.structs.asdict(job)
+    del fields["created_at"]
+    canonical = msgspec.json.encode({"type": job.type, **fields}, order="sorted")
+    return hashlib.sha256(canonical).hexdigest()[:JOB_DIGEST_CHARS]
+
+
+def job_identity(job: SourceJob) -> str:
+    """``<type>:<digest>``: what a launch claim binds (deploymentId, attempt) to."""
+    return f"{job.type}:{job_digest(job)}"
+
+
+def conflict_reason(job: SourceJob, other_type: str) -> str:
+    """The rejection reason of ``job`` when its deploymentId is already used by another job."""
+    other = f"another {other_type}" if other_type == job.type else f"a {other_type}"
+    return (
+        f"conflict: deploymentId {job.deployment_id} is already used by {other} job with different "
+        "content (a deploymentId names one job: submit this one under a new deploymentId)"
+    )
 
 
 class TaskState(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,6 +195,22 @@ class Launcher(Protocol):
 
     def forget(self, handle: TaskHandle) -> None:
         """Drop what is kept about an ended task (local files; a no-op for ECS)."""
+        ...
+
+
+@runtime_checkable
+class NotifiesEnds(Protocol):
+    """A launcher that can tell of its tasks' ends as they happen (the local one), not only when polled."""
+
+    def notify_ends(self, on_ends: Callable[[list[TaskState]], None]) -> bool:
+        """Call ``on_ends`` (from the launcher's thread) with the states of tasks that just ended.
+
+        Returns False where the system cannot watch for ends (polling stays the only way).
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop watching."""
         ...
 
 
@@ -207,23 +272,15 @@ def client_token(deployment_id: str, attempt: int) -> str:
 
 
 def make_launcher(name: str, config: Config, job_type: str | None = None) -> Launcher:
-    """Build the launcher called ``name`` (``fargate``, ``ec2`` or ``local``).
+    """Build the launcher called ``name``: :func:`orchestrator.launch.registry.make_launcher`.
 
-    Args:
-        name: The launcher's name.
-        config: The effective configuration.
-        job_type: When given, this type's ``[type.<name>]`` task definition and container name are
-            the launcher's defaults (a request's own type's overrides still come first).
+    Kept for the callers that import it from here. The registry imports every back-end (and so boto3);
+    it is imported on the first call, not with this module, which every back-end, the worker and the
+    local task wrapper import. New code imports :mod:`orchestrator.launch.registry` directly.
 
     Raises:
         ConfigError: ``name`` is not a launcher, or its settings are unusable.
     """
-    if name == "local":
-        from orchestrator.launch.local import LocalLauncher
+    from orchestrator.launch import registry
 
-        return LocalLauncher(config)
-    if name in ("fargate", "ec2"):
-        from orchestrator.launch.ecs import EcsLauncher
-
-        return EcsLauncher(config, launch_type="FARGATE" if name == "fargate" else "EC2", job_type=job_type)
-    raise ConfigError([f"launcher {name!r}: unknown (expected local, fargate or ec2)"])
+    return registry.make_launcher(name, config, job_type)

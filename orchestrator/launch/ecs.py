@@ -3,62 +3,76 @@
 Every task is started by RunTask with the orchestrator's common ``startedBy`` (so reconciliation can
 list them), a ``clientToken`` derived from (deploymentId, attempt) (so a retried RunTask returns the
 task it already started), and tags that let any orchestrator process rebuild its tracking after a
-crash: ``deploymentId``, ``attempt``, ``type``, ``startDeadline`` and ``deadline`` (epoch seconds; no
-``deadline`` tag when the job has no maximum runtime), ``instance`` (the launching process) and
-``launcher`` (``fargate`` or ``ec2``). The job itself travels in the worker container's environment
-overrides, from which :meth:`EcsLauncher.job_of` rebuilds it.
+crash (:mod:`orchestrator.launch.ecs_tags`). The job itself travels in the worker container's
+environment overrides, from which :meth:`EcsLauncher.job_of` rebuilds it.
 
-Textual settings (each a comma-separated list in the INI file, so an entry contains no comma):
+The launcher's parts, one concept each:
 
-``ecs.capacity_provider``
-    ``NAME[:WEIGHT[:BASE]]`` entries, e.g. ``FARGATE:1:1,FARGATE_SPOT:3``. The Fargate launcher uses
-    the ``FARGATE``/``FARGATE_SPOT`` entries, the EC2 launcher every other entry (Auto Scaling group
-    providers); a launcher with no entry of its own uses ``launchType`` instead. RunTask never gets both.
-``ecs.placement_constraints`` (EC2 only)
-    ``distinctInstance`` or ``memberOf:EXPRESSION`` in ECS's cluster query language, e.g.
-    ``memberOf:attribute:ecs.instance-type =~ c5.*``. Several entries must all hold; an expression that
-    needs a list is written with ``=~`` instead of ``in [a, b]``.
-``ecs.placement_strategy`` (EC2 only)
-    ``random``, ``spread:FIELD`` or ``binpack:cpu|memory``, e.g.
-    ``spread:attribute:ecs.availability-zone,binpack:memory``, applied in order.
+* :mod:`orchestrator.launch.ecs_params` — the textual settings (``ecs.capacity_provider``,
+  ``ecs.placement_constraints``, ``ecs.placement_strategy``) parsed into RunTask parameters;
+* :mod:`orchestrator.launch.ecs_tags` — the task tags, written at RunTask and read back;
+* :mod:`orchestrator.launch.ecs_states` — a described task's phase, exit code and stop reason;
+* :mod:`orchestrator.launch.ecs_client` — the boto3 client (retries, timeouts, connection pool);
+* this module — :class:`EcsLauncher`, the ECS calls.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import datetime as dt
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal
-
-import boto3
-from botocore.config import Config as BotoConfig
 
 from orchestrator import metrics
 from orchestrator.config import Config
 from orchestrator.errors import CapacityError, ConfigError, LaunchError, PermanentLaunchError
 from orchestrator.launch.base import (
     LaunchRequest,
-    Phase,
     TaskHandle,
     TaskState,
     client_token,
     job_from_environment,
     worker_environment,
 )
+from orchestrator.launch.ecs_client import make_ecs_client
+from orchestrator.launch.ecs_params import (
+    FARGATE_PROVIDERS,
+    parse_capacity_providers,
+    parse_placement_constraints,
+    parse_placement_strategy,
+)
+from orchestrator.launch.ecs_states import states_of
+from orchestrator.launch.ecs_tags import (
+    MAX_TAG_VALUE_CHARS,
+    TAG_ATTEMPT,
+    TAG_DEPLOYMENT,
+    handle_of,
+    launcher_of,
+    tags_of,
+    task_tags,
+)
 from orchestrator.launch.errors import classify_exception, classify_failure
 from orchestrator.logs import SUCCESS, WARNING, emoji
 from orchestrator.messages import SourceJob
 from orchestrator.redaction import redact_text
 
+__all__ = [
+    "DESCRIBE_BATCH",
+    "DESCRIBE_CONCURRENCY",
+    "LAUNCHER_NAMES",
+    "LISTED_DESIRED_STATUSES",
+    "LIST_PAGE_SIZE",
+    "MAX_STOP_REASON_CHARS",
+    "EcsLauncher",
+    "LaunchType",
+]
+
 log = logging.getLogger(__name__)
 
 LaunchType = Literal["FARGATE", "EC2"]
 LAUNCHER_NAMES: Final[dict[str, str]] = {"FARGATE": "fargate", "EC2": "ec2"}
-FARGATE_PROVIDERS: Final = frozenset({"FARGATE", "FARGATE_SPOT"})
 
 #: DescribeTasks takes at most 100 tasks per call; ListTasks returns at most 100 per page.
 DESCRIBE_BATCH: Final = 100
@@ -66,98 +80,10 @@ DESCRIBE_BATCH: Final = 100
 #: would take about a poll interval at ~100 ms each.
 DESCRIBE_CONCURRENCY: Final = 4
 LIST_PAGE_SIZE: Final = 100
-#: StopTask's ``reason`` is limited to 255 characters; a tag value to 256.
+#: StopTask's ``reason`` is limited to 255 characters.
 MAX_STOP_REASON_CHARS: Final = 255
-MAX_TAG_VALUE_CHARS: Final = 256
-CONNECT_TIMEOUT_SECONDS: Final = 5.0
-READ_TIMEOUT_SECONDS: Final = 30.0
-#: Spare HTTP connections beyond the launch threads (the poller, stops, reconciliation).
-SPARE_CONNECTIONS: Final = 4
 
-PENDING_STATUSES: Final = frozenset({"PROVISIONING", "PENDING", "ACTIVATING"})
-STOPPING_STATUSES: Final = frozenset({"DEACTIVATING", "STOPPING", "DEPROVISIONING"})
 LISTED_DESIRED_STATUSES: Final = ("RUNNING", "STOPPED")
-
-TAG_DEPLOYMENT: Final = "deploymentId"
-TAG_ATTEMPT: Final = "attempt"
-TAG_TYPE: Final = "type"
-TAG_START_DEADLINE: Final = "startDeadline"
-TAG_DEADLINE: Final = "deadline"
-TAG_INSTANCE: Final = "instance"
-TAG_LAUNCHER: Final = "launcher"
-
-PLACEMENT_STRATEGY_TYPES: Final = ("random", "spread", "binpack")
-MAX_PLACEMENT_CONSTRAINTS: Final = 10
-MAX_PLACEMENT_STRATEGIES: Final = 5
-
-
-# --- settings ------------------------------------------------------------------------------------
-
-
-def parse_capacity_providers(entries: Iterable[str], problems: list[str]) -> list[dict[str, Any]]:
-    """``NAME[:WEIGHT[:BASE]]`` entries -> RunTask ``capacityProviderStrategy`` items."""
-    strategy: list[dict[str, Any]] = []
-    for entry in entries:
-        name, *numbers = (part.strip() for part in entry.split(":"))
-        if not name or len(numbers) > 2 or not all(n.isdigit() for n in numbers):
-            problems.append(
-                f"ecs.capacity_provider: {entry!r} is not NAME[:WEIGHT[:BASE]] (e.g. FARGATE_SPOT:3)"
-            )
-            continue
-        item: dict[str, Any] = {"capacityProvider": name, "weight": int(numbers[0]) if numbers else 1}
-        if len(numbers) == 2:
-            item["base"] = int(numbers[1])
-        strategy.append(item)
-    return strategy
-
-
-def parse_placement_constraints(entries: Iterable[str], problems: list[str]) -> list[dict[str, str]]:
-    """``distinctInstance`` / ``memberOf:EXPRESSION`` entries -> RunTask ``placementConstraints``."""
-    constraints: list[dict[str, str]] = []
-    for entry in entries:
-        kind, _, expression = entry.partition(":")
-        kind, expression = kind.strip(), expression.strip()
-        if kind == "distinctInstance" and not expression:
-            constraints.append({"type": "distinctInstance"})
-        elif kind == "memberOf" and expression:
-            constraints.append({"type": "memberOf", "expression": expression})
-        else:
-            problems.append(
-                f"ecs.placement_constraints: {entry!r} is not distinctInstance or memberOf:EXPRESSION"
-            )
-    if len(constraints) > MAX_PLACEMENT_CONSTRAINTS:
-        problems.append(
-            f"ecs.placement_constraints: at most {MAX_PLACEMENT_CONSTRAINTS} (got {len(constraints)})"
-        )
-    return constraints
-
-
-def parse_placement_strategy(entries: Iterable[str], problems: list[str]) -> list[dict[str, str]]:
-    """``random`` / ``spread:FIELD`` / ``binpack:FIELD`` entries -> RunTask ``placementStrategy``."""
-    strategy: list[dict[str, str]] = []
-    for entry in entries:
-        kind, _, field = entry.partition(":")
-        kind, field = kind.strip(), field.strip()
-        if kind == "random" and not field:
-            strategy.append({"type": "random"})
-        elif kind in ("spread", "binpack") and field:
-            strategy.append({"type": kind, "field": field})
-        else:
-            problems.append(f"ecs.placement_strategy: {entry!r} is not random, spread:FIELD or binpack:FIELD")
-    if len(strategy) > MAX_PLACEMENT_STRATEGIES:
-        problems.append(f"ecs.placement_strategy: at most {MAX_PLACEMENT_STRATEGIES} (got {len(strategy)})")
-    return strategy
-
-
-def _tags_of(task: Mapping[str, Any]) -> dict[str, str]:
-    return {str(t.get("key")): str(t.get("value")) for t in task.get("tags", []) or []}
-
-
-def _float_or_none(text: str | None) -> float | None:
-    try:
-        return float(text) if text else None
-    except ValueError:
-        return None
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -210,24 +136,11 @@ class EcsLauncher:
         self.placement_strategy = parse_placement_strategy(self.ecs.placement_strategy, problems)
         if problems:
             raise ConfigError(problems)
-        self.client = client if client is not None else self._make_client()
+        self.client = client if client is not None else make_ecs_client(self.ecs, DESCRIBE_CONCURRENCY)
         self.api_calls: collections.Counter[str] = collections.Counter()
         self._calls_lock = threading.Lock()
         self._describe_pool = concurrent.futures.ThreadPoolExecutor(
             DESCRIBE_CONCURRENCY, thread_name_prefix=f"describe-{self.name}"
-        )
-
-    def _make_client(self) -> Any:
-        boto_config = BotoConfig(
-            retries={"mode": "standard"},
-            max_pool_connections=self.ecs.max_inflight_launches + DESCRIBE_CONCURRENCY + SPARE_CONNECTIONS,
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            read_timeout=READ_TIMEOUT_SECONDS,
-        )
-        # A session per launcher: boto3's default session is not safe to share between threads.
-        session = boto3.session.Session()
-        return session.client(
-            "ecs", region_name=self.ecs.region, endpoint_url=self.ecs.endpoint_url or None, config=boto_config
         )
 
     # --- per job type ---------------------------------------------------------------------------
@@ -267,16 +180,7 @@ class EcsLauncher:
                 f"set ecs.task_definition or type.{job.type}.task_definition"
             )
         environment = worker_environment(job, request.attempt)
-        tags = {
-            TAG_DEPLOYMENT: job.deployment_id,
-            TAG_ATTEMPT: str(request.attempt),
-            TAG_TYPE: job.type,
-            TAG_START_DEADLINE: f"{request.start_deadline:.0f}",
-            TAG_INSTANCE: request.instance_id,
-            TAG_LAUNCHER: self.name,
-        }
-        if request.deadline is not None:
-            tags[TAG_DEADLINE] = f"{request.deadline:.0f}"
+        tags = task_tags(request, self.name)
         params: dict[str, Any] = {
             "cluster": self.ecs.cluster,
             "taskDefinition": task_definition,
@@ -355,7 +259,7 @@ class EcsLauncher:
         """
         found: list[Mapping[str, Any]] = []
         for task in self._described(self._list_task_arns(), include_tags=True):
-            tags = _tags_of(task)
+            tags = tags_of(task)
             if tags.get(TAG_DEPLOYMENT) == deployment_id and tags.get(TAG_ATTEMPT) == str(attempt):
                 found.append(task)
         if not found:
@@ -370,16 +274,12 @@ class EcsLauncher:
     def describe(self, handles: Sequence[TaskHandle]) -> list[TaskState]:
         """DescribeTasks in batches of at most 100 ARNs per call, grouped by cluster.
 
-        ``lastStatus`` PROVISIONING/PENDING/ACTIVATING is ``pending``; RUNNING is ``running``;
-        DEACTIVATING/STOPPING/DEPROVISIONING stays ``running`` if the task had started (``startedAt``)
-        and ``pending`` if not; STOPPED is ``stopped`` with the worker container's exit code and
-        ``stopCode: stoppedReason`` as the reason. An ARN that ECS reports MISSING (or leaves out) is
-        ``missing``.
+        The answers are read by :func:`~orchestrator.launch.ecs_states.states_of`: each task's phase,
+        exit code and reason, and ``missing`` for an ARN that ECS reports MISSING (or leaves out).
 
         Raises:
             LaunchError: a DescribeTasks call failed (classified like RunTask errors).
         """
-        observed: dict[str, tuple[Phase, int | None, str | None]] = {}
         by_cluster: dict[str, list[TaskHandle]] = {}
         for handle in handles:
             by_cluster.setdefault(handle.cluster or self.ecs.cluster, []).append(handle)
@@ -393,22 +293,7 @@ class EcsLauncher:
         def describe(call: tuple[str, list[str]]) -> Any:
             return self._call("DescribeTasks", self.client.describe_tasks, cluster=call[0], tasks=call[1])
 
-        for response in self._describe_pool.map(describe, calls):
-            for task in response.get("tasks") or []:
-                arn = str(task.get("taskArn"))
-                observed[arn] = self._state_of(task, container_by_arn.get(arn))
-            for failure in response.get("failures") or []:
-                arn = str(failure.get("arn"))
-                detail = failure.get("detail")
-                why = f"ECS: {failure.get('reason')}" + (f" ({detail})" if detail else "")
-                observed.setdefault(arn, ("missing", None, redact_text(why)))
-        states: list[TaskState] = []
-        for handle in handles:
-            phase, exit_code, reason = observed.get(
-                handle.task_id, ("missing", None, "ECS: MISSING (not returned by DescribeTasks)")
-            )
-            states.append(TaskState(handle=handle, phase=phase, exit_code=exit_code, reason=reason))
-        return states
+        return states_of(self._describe_pool.map(describe, calls), handles, container_by_arn)
 
     def stop(self, handle: TaskHandle, reason: str) -> None:
         """StopTask with ``reason`` (cut to 255 characters). A task ECS no longer knows is left alone.
@@ -438,7 +323,7 @@ class EcsLauncher:
         """
         handles: list[TaskHandle] = []
         for task in self._described(self._list_task_arns(), include_tags=True):
-            if self._launcher_of(task) != self.name:
+            if launcher_of(task) != self.name:
                 continue
             handle = self._handle_of(task)
             if handle is None:
@@ -501,75 +386,7 @@ class EcsLauncher:
             response = self._call("DescribeTasks", self.client.describe_tasks, **params)
             yield from response.get("tasks") or []
 
-    def _launcher_of(self, task: Mapping[str, Any]) -> str:
-        tagged = _tags_of(task).get(TAG_LAUNCHER)
-        if tagged:
-            return tagged
-        fargate = task.get("launchType") == "FARGATE" or task.get("capacityProviderName") in FARGATE_PROVIDERS
-        return "fargate" if fargate else "ec2"
-
     def _handle_of(self, task: Mapping[str, Any]) -> TaskHandle | None:
-        tags = _tags_of(task)
-        deployment_id, attempt = tags.get(TAG_DEPLOYMENT), tags.get(TAG_ATTEMPT, "")
-        if not deployment_id or not attempt.isdigit():
-            return None
-        created = task.get("createdAt")
-        launched_at = created.timestamp() if isinstance(created, dt.datetime) else time.time()
-        job_type = tags.get(TAG_TYPE, "")
-        start_deadline = _float_or_none(tags.get(TAG_START_DEADLINE))
-        if start_deadline is None:
-            start_deadline = launched_at + self.config.limits.start_timeout_seconds
-        cluster_arn = str(task.get("clusterArn") or "")
-        return TaskHandle(
-            launcher=self._launcher_of(task),
-            task_id=str(task["taskArn"]),
-            deployment_id=deployment_id,
-            attempt=int(attempt),
-            job_type=job_type,
-            instance_id=tags.get(TAG_INSTANCE, ""),
-            launched_at=launched_at,
-            start_deadline=start_deadline,
-            deadline=_float_or_none(tags.get(TAG_DEADLINE)),
-            cluster=cluster_arn.rsplit("/", 1)[-1] if cluster_arn else self.ecs.cluster,
+        return handle_of(
+            task, start_timeout_seconds=self.config.limits.start_timeout_seconds, cluster=self.ecs.cluster
         )
-
-    def _state_of(
-        self, task: Mapping[str, Any], container_name: str | None
-    ) -> tuple[Phase, int | None, str | None]:
-        status = str(task.get("lastStatus") or "")
-        if status == "STOPPED":
-            container = self._worker_container(task, container_name)
-            exit_code = container.get("exitCode") if container else None
-            return (
-                "stopped",
-                exit_code if isinstance(exit_code, int) else None,
-                self._stop_reason(task, container),
-            )
-        if status == "RUNNING":
-            return "running", None, None
-        if status in STOPPING_STATUSES and task.get("startedAt"):
-            return "running", None, None
-        return "pending", None, None
-
-    @staticmethod
-    def _worker_container(task: Mapping[str, Any], name: str | None) -> Mapping[str, Any] | None:
-        containers: list[Mapping[str, Any]] = list(task.get("containers") or [])
-        named = [c for c in containers if c.get("name") == name]
-        if named:
-            return named[0]
-        if len(containers) == 1:
-            return containers[0]
-        failed = [c for c in containers if isinstance(c.get("exitCode"), int) and c.get("exitCode") != 0]
-        with_code = [c for c in containers if isinstance(c.get("exitCode"), int)]
-        candidates = failed or with_code
-        return candidates[0] if candidates else None
-
-    @staticmethod
-    def _stop_reason(task: Mapping[str, Any], container: Mapping[str, Any] | None) -> str | None:
-        stop_code = str(task.get("stopCode") or "")
-        stopped_reason = str(task.get("stoppedReason") or "")
-        text = ": ".join(part for part in (stop_code, stopped_reason) if part)
-        container_reason = str((container or {}).get("reason") or "")
-        if container_reason and container_reason not in text:
-            text = f"{text} ({container_reason})" if text else container_reason
-        return redact_text(text) if text else None

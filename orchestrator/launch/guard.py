@@ -12,18 +12,34 @@ Layers, cheapest first:
    ignores it, so layers 1 and 2 are what the tests check).
 
 Redis down: layer 2 falls back to looking the task up by its tags before launching.
+
+Every layer binds the attempt to the job it is for — its type and :func:`job_digest` — so that a
+*different* job sent under a deploymentId already used is never given the other job's task: the
+claim in Redis holds ``<owner> <type>:<digest>``, layer 1 remembers the identity it launched, and a
+task found by its tags (ECS tags, local task record) carries its type and digest. Such a job fails with
+:class:`~orchestrator.launch.base.JobConflictError` and is rejected; the same job redelivered (same
+digest) is adopted as before.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Final, Literal
+from collections.abc import Callable
+from typing import Final, Literal, NoReturn
 
-from orchestrator.coordination import Claim, DoneMarkers, InstanceRegistry
-from orchestrator.errors import LaunchError, OrchestratorError
-from orchestrator.launch.base import Launcher, LaunchRequest, TaskHandle
+from orchestrator.coordination import DoneMarkers, InstanceRegistry, LaunchClaim, attempt_done_key
+from orchestrator.errors import CapacityError, LaunchError, OrchestratorError
+from orchestrator.launch.base import (
+    JobConflictError,
+    Launcher,
+    LaunchRequest,
+    TaskHandle,
+    conflict_reason,
+    job_identity,
+)
 from orchestrator.logs import WARNING, emoji
+from orchestrator.messages import SourceJob
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +60,37 @@ class AttemptOverError(LaunchError):
     counts_as_attempt = False
 
 
+#: How often a job waits for another live process that holds its attempt's claim to show a task.
+MAX_IN_PROGRESS_WAITS: Final = 6
+#: Attempts whose waits are counted at once (the oldest are forgotten first).
+MAX_WAITS_REMEMBERED: Final = 10_000
+
+
+class ClaimStrandedError(LaunchError):
+    """Another live process claimed the attempt long ago and no task of it ever appeared: the attempt
+    counts as failed, and the retry policy decides what follows."""
+
+    retryable = True
+    counts_as_attempt = True
+
+
 #: See :meth:`GuardedLauncher.who_follows`.
 Follower = Literal["here", "owner", "nobody"]
 
 
 def _claim_key(key: tuple[str, int]) -> str:
     return f"launch:{key[0]}:{key[1]}"
+
+
+def _type_of(identity: str) -> str:
+    """The job type of a ``<type>:<digest>`` identity."""
+    return identity.partition(":")[0]
+
+
+def _check_same_job(job: SourceJob, handle: TaskHandle) -> None:
+    """Raise :class:`JobConflictError` unless ``handle`` can be ``job``'s task."""
+    if not handle.runs(job):
+        raise JobConflictError(conflict_reason(job, handle.job_type))
 
 
 class GuardedLauncher:
@@ -70,17 +111,25 @@ class GuardedLauncher:
         owner: str,
         registry: InstanceRegistry | None,
         done: DoneMarkers | None = None,
+        *,
+        slot_held: Callable[[str], bool] | None = None,
     ) -> None:
         self.name = launcher.name
         self._launcher = launcher
+        #: Whether a deployment's slot is surely still this process's (False after a stall past the
+        #: leases: the launch would run beyond the global limit, so it is tried again later instead).
+        self._slot_held = slot_held
         self._owner = owner
         self._registry = registry
         self._done = done
         self._lock = threading.Lock()
         self._known: dict[tuple[str, int], TaskHandle] = {}
-        self._launching: set[tuple[str, int]] = set()
+        #: Attempts being launched by this process now, and the identity of the job each is for.
+        self._launching: dict[tuple[str, int], str] = {}
         self._suspect: set[tuple[str, int]] = set()
         self._adopted: set[str] = set()
+        #: How often each attempt claimed by another live process was found without a task.
+        self._waits: dict[tuple[str, int], int] = {}
 
     def expect_duplicate(self, deployment_id: str, attempt: int) -> None:
         """Mark an attempt as possibly launched already (its delivery was redelivered)."""
@@ -100,6 +149,25 @@ class GuardedLauncher:
         deployment."""
         with self._lock:
             return any(key[0] == deployment_id for key in (*self._launching, *self._known))
+
+    def taken_elsewhere(self, handle: TaskHandle) -> bool:
+        """Whether another process adopted ``handle``'s task, or published its (attempt's) outcome.
+
+        For a launch that took so long that this process's lease may have lapsed meanwhile (a stall):
+        its ``dispatched`` event must not follow the adopter's events. Redis down: False.
+        """
+        if self._registry is None or self._done is None:
+            return False
+        key = attempt_done_key(handle.deployment_id, handle.attempt)
+        try:
+            return bool(self._registry.handled_elsewhere([handle.task_id], self._done, [key]))
+        except OrchestratorError:
+            return False
+
+    def active_deployments(self) -> frozenset[str]:
+        """The deployments this process is launching, or has launched and still follows."""
+        with self._lock:
+            return frozenset(key[0] for key in (*self._launching, *self._known))
 
     def who_follows(self, handle: TaskHandle) -> Follower:
         """Who tracks ``handle`` from here on.
@@ -129,31 +197,56 @@ class GuardedLauncher:
         Raises:
             LaunchInProgressError: another live process, or another thread here, is launching it.
             AttemptOverError: this process launched the attempt before, and it has ended.
+            JobConflictError: the attempt is taken by a different job under the same deploymentId.
             LaunchError: from the launcher.
         """
-        key = (request.job.deployment_id, request.attempt)
+        job = request.job
+        key = (job.deployment_id, request.attempt)
+        identity = job_identity(job)
         with self._lock:
             known = self._known.get(key)
-            if known is None and key in self._launching:
+            launching = self._launching.get(key)
+            if known is None and launching is not None:
+                if launching != identity:
+                    raise JobConflictError(conflict_reason(job, _type_of(launching)))
                 raise LaunchInProgressError(f"attempt {key[1]} of {key[0]} is being launched by this process")
             suspect = key in self._suspect
             if known is None:
-                self._launching.add(key)
+                self._launching[key] = identity
         if known is not None:
+            _check_same_job(job, known)
             return self._adopt(key, known, "already launched by this process")
         try:
-            claim = self._claim(key)
-            if suspect or claim != "new":
+            claim = self._claim(key, identity)
+            if claim is not None and claim.state == "conflict":
+                raise JobConflictError(conflict_reason(job, _type_of(claim.bound)))
+            state = None if claim is None else claim.state
+            if suspect or state != "new":
                 found = self._launcher.find(*key)
                 if found is not None:
+                    if not found.runs(job):
+                        if state == "new":
+                            self._release(key)  # claimed just now, and nothing is launched for it
+                        raise JobConflictError(conflict_reason(job, found.job_type))
                     return self._adopt(key, found, "found by its tags")
-                if claim == "other":
-                    raise LaunchInProgressError(
-                        f"attempt {key[1]} of {key[0]} is claimed by another live process, launching it now"
+                if self._attempt_over(key):
+                    # Its task ran and its outcome was published (by an adopter, say), and its files
+                    # are gone: a late copy of the attempt, never to be launched again.
+                    if state == "new":
+                        self._release(key)
+                    raise AttemptOverError(
+                        f"attempt {key[1]} of {key[0]} has ended (its outcome was published)"
                     )
-                if claim == "mine":
+                if state == "other":
+                    self._wait_for_other(key)
+                if state == "mine":
                     raise AttemptOverError(f"attempt {key[1]} of {key[0]} was launched here and has ended")
             try:
+                if self._slot_held is not None and not self._slot_held(job.deployment_id):
+                    raise CapacityError(
+                        f"not launching {key[0]} attempt {key[1]} now: its slot lease may have lapsed (this "
+                        "process stalled longer than its slot leases); trying again later"
+                    )
                 handle = self._launcher.launch(request)
             except LaunchError:
                 self._release(key)
@@ -164,15 +257,48 @@ class GuardedLauncher:
             return handle
         finally:
             with self._lock:
-                self._launching.discard(key)
+                self._launching.pop(key, None)
 
-    def _claim(self, key: tuple[str, int]) -> Claim | None:
-        """Claim the attempt for this process; None when Redis cannot tell (the caller then looks for
-        the task by its tags)."""
-        if self._registry is None:
-            return "new"
+    def _wait_for_other(self, key: tuple[str, int]) -> NoReturn:
+        """Another live process holds the attempt's claim and no task of it is found: decide.
+
+        (A late duplicate, whose attempt's done marker is set, was dropped before this.) The other
+        process is still launching it, so the job waits and comes back, but
+        only :data:`MAX_IN_PROGRESS_WAITS` times: a claim that never shows a task was stranded, and
+        the attempt is counted as failed so that the retry policy decides (never an endless loop).
+        """
+        with self._lock:
+            waits = self._waits.pop(key, 0) + 1
+            self._waits[key] = waits
+            while len(self._waits) > MAX_WAITS_REMEMBERED:
+                del self._waits[next(iter(self._waits))]
+        if waits > MAX_IN_PROGRESS_WAITS:
+            with self._lock:
+                self._waits.pop(key, None)
+            raise ClaimStrandedError(
+                f"attempt {key[1]} of {key[0]} is claimed by another live process, but no task of it "
+                f"appeared in {MAX_IN_PROGRESS_WAITS} checks"
+            )
+        raise LaunchInProgressError(
+            f"attempt {key[1]} of {key[0]} is claimed by another live process, launching it now"
+        )
+
+    def _attempt_over(self, key: tuple[str, int]) -> bool:
+        """Whether the attempt's done marker is set (its outcome was published); False if Redis is down."""
         try:
-            return self._registry.claim(_claim_key(key), self._owner, LAUNCH_CLAIM_TTL_SECONDS)
+            return self._done is not None and bool(self._done.done([attempt_done_key(*key)]))
+        except OrchestratorError:
+            return False
+
+    def _claim(self, key: tuple[str, int], identity: str) -> LaunchClaim | None:
+        """Claim the attempt for this process and bind it to the job's ``identity``; None when Redis
+        cannot tell (the caller then looks for the task by its tags)."""
+        if self._registry is None:
+            return LaunchClaim("new")
+        try:
+            return self._registry.claim_launch(
+                _claim_key(key), self._owner, identity, LAUNCH_CLAIM_TTL_SECONDS
+            )
         except OrchestratorError as e:
             log.warning(
                 "launch claim unavailable (%s); checking for the task by its tags", e, extra=emoji(WARNING)

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from orchestrator import metrics
+from orchestrator.backoff import HALF_JITTER, Backoff
 from orchestrator.errors import LaunchError, ThrottledError
 from orchestrator.launch.base import LaunchRequest, TaskHandle
 from orchestrator.launch.errors import LaunchCancelledError
@@ -151,7 +153,8 @@ class LaunchPool:
         self.throttle_retries = throttle_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self._jitter = jitter
+        # Half of each delay is jittered: a throttled launch waits at least half the ceiling.
+        self._backoff = Backoff(backoff_base, backoff_max, jitter=HALF_JITTER, rng=jitter)
         self._queue: collections.deque[tuple[LaunchRequest, OnDone]] = collections.deque()
         self._cond = threading.Condition()
         self._closed = threading.Event()
@@ -232,9 +235,9 @@ class LaunchPool:
         return False
 
     def backoff(self, retry: int) -> float:
-        """Seconds to wait before throttled retry number ``retry`` (1-based): exponential, jittered."""
-        ceiling: float = min(self.backoff_max, self.backoff_base * 2.0 ** (retry - 1))
-        return ceiling / 2 + self._jitter() * ceiling / 2
+        """Seconds to wait before throttled retry number ``retry`` (1-based): exponential up to
+        ``backoff_max``, uniform in the upper half of that ceiling."""
+        return self._backoff.delay(retry - 1)
 
     def _launch(self, request: LaunchRequest) -> TaskHandle | LaunchError:
         retry = 0
@@ -242,7 +245,7 @@ class LaunchPool:
             if not self._take_token():
                 return LaunchCancelledError("launch pool closed before the launch")
             try:
-                return self.launcher.launch(request)
+                return self._timed_launch(request)
             except ThrottledError as e:
                 retry += 1
                 if retry > self.throttle_retries:
@@ -268,6 +271,14 @@ class LaunchPool:
                 return LaunchError(
                     redact_text(f"unexpected {type(e).__name__} in launcher {self.launcher.name}: {e}")
                 )
+
+    def _timed_launch(self, request: LaunchRequest) -> TaskHandle:
+        """One launch call, observed in ``orchestrator_launch_duration_seconds`` however it ends."""
+        started = time.monotonic()
+        try:
+            return self.launcher.launch(request)
+        finally:
+            metrics.LAUNCH_DURATION.labels(launcher=self.launcher.name).observe(time.monotonic() - started)
 
     def _deliver(
         self, request: LaunchRequest, on_done: OnDone, result: TaskHandle | LaunchError, *, counted: bool

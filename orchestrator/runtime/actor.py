@@ -1,7 +1,24 @@
 """The base class of every actor, and the messages the runtime itself sends to actors.
 
+Only pykka's public API is used: ``ThreadingActor`` and its hooks (``on_start``, ``on_receive``,
+``on_failure``), ``ActorRef.tell``/``ask``/``stop``/``is_alive`` and ``ActorDeadError``.
+
 An actor never talks to its supervisor directly: it holds an :class:`ActorReporter`, given to it by the
-supervisor's factory, and reports through it (a crash, a heartbeat, the tells left in its inbox).
+supervisor's factory, and reports through it: a crash (in a told message's handler or in
+``on_start``), a heartbeat, and which tell it has done with.
+
+How no tell is lost when an actor is restarted: pykka drops the tells still in a dead actor's inbox,
+and its inbox is not ours to read. So the sender's side keeps them. A tell sent through an
+:class:`~orchestrator.runtime.supervisor.ActorHandle` is numbered, kept by the handle until done, and
+reaches the actor as :class:`Told`; the actor unwraps it and reports it done once its handler has
+returned or raised (a message that crashed its handler is not given again: it would crash the next
+instance too). On a restart the handle tells the next instance, in order, every message no instance
+has done with. Asks are not kept: those waiting in a dead inbox get ``pykka.ActorDeadError`` from
+pykka, which the handle turns into a :class:`~orchestrator.errors.SupervisionError`.
+
+What an instance tells itself (``self.actor_ref.tell``, :meth:`SupervisedActor.tell_later`: timer
+ticks, results of its own worker threads) is not kept: it belongs to that instance, and the next one
+starts its own timers and workers in ``on_start``.
 """
 
 from __future__ import annotations
@@ -9,24 +26,22 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-import sys
-import threading
+import os
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 import msgspec
 import pykka
 
-from orchestrator.logs import WARNING, emoji
+from orchestrator.logs import FAILURE, emoji
+from orchestrator.runtime import scheduler
+from orchestrator.runtime.scheduler import ScheduledCall
 
 log = logging.getLogger(__name__)
 
 #: What an actor answers to :class:`Ping`.
 PONG: Final = "pong"
-
-#: Takes the tells still waiting in an actor's inbox (oldest first); asks stay in the inbox.
-TakeTells = Callable[[], list[object]]
 
 
 class Ping(msgspec.Struct, frozen=True):
@@ -46,6 +61,18 @@ class Drain(msgspec.Struct, frozen=True):
     deadline: float
 
 
+class Told(msgspec.Struct, frozen=True):
+    """A tell sent through an ``ActorHandle``: the actor reports ``seq`` done once it has handled it.
+
+    Attributes:
+        seq: the handle's number for the message (increasing in the order it was told).
+        message: what was told.
+    """
+
+    seq: int
+    message: object
+
+
 class ActorReporter(Protocol):
     """The link from one actor instance to its supervisor.
 
@@ -53,14 +80,11 @@ class ActorReporter(Protocol):
     told apart from the current one's.
     """
 
-    def attach(self, take_tells: TakeTells) -> None:
-        """Called once by the actor's constructor: how to empty its inbox when it dies."""
-
     def failed(self, exc: BaseException) -> None:
-        """The instance crashed with ``exc``; the tells in its inbox go to the next instance."""
+        """The instance crashed with ``exc`` (in a told message's handler, or in ``on_start``)."""
 
-    def hand_over(self) -> None:
-        """The instance has stopped; tells that raced into its inbox go to the next instance."""
+    def done(self, seq: int) -> None:
+        """The instance has handled (or crashed on) the :class:`Told` message number ``seq``."""
 
     def heartbeat(self) -> None:
         """The instance is alive and processing (answered a ping, or a long loop said so)."""
@@ -69,42 +93,54 @@ class ActorReporter(Protocol):
 class StandaloneReporter:
     """A reporter for an actor that runs without a supervisor (unit tests, one-off tools).
 
-    Crashes are logged by pykka already; tells left in the inbox are dropped with a warning.
+    Crashes are logged by pykka already, and recorded in :attr:`failures`; nothing restarts the actor.
     """
 
     def __init__(self) -> None:
-        self._take_tells: TakeTells | None = None
         self.failures: list[BaseException] = []
 
-    def attach(self, take_tells: TakeTells) -> None:
-        """Remember how to empty the inbox."""
-        self._take_tells = take_tells
-
     def failed(self, exc: BaseException) -> None:
-        """Record the crash (see :attr:`failures`) and drop the inbox."""
+        """Record the crash (see :attr:`failures`)."""
         self.failures.append(exc)
-        self.hand_over()
 
-    def hand_over(self) -> None:
-        """Drop the tells left in the inbox, with a warning when there were any."""
-        dropped = self._take_tells() if self._take_tells is not None else []
-        if dropped:
-            log.warning("%d message(s) dropped: no supervisor to hand them to", len(dropped))
+    def done(self, seq: int) -> None:
+        """Nothing keeps tells for a standalone actor."""
 
     def heartbeat(self) -> None:
         """Nothing watches a standalone actor."""
 
 
-class SupervisedActor(pykka.ThreadingActor):
+class UnknownMessageError(TypeError):
+    """An actor was told a message outside its message union: a bug in whoever sent it."""
+
+
+#: Set (to anything but "" or "0") in the test suite: an unknown message raises instead of being
+#: logged, so that a test that sends one fails loudly. (Not an ``ORCH_`` variable: those are config
+#: keys, and the config loader rejects one it does not know.)
+STRICT_MESSAGES_ENV: Final = "BLACKTREE_STRICT_MESSAGES"
+
+#: The message union of an actor (its :meth:`SupervisedActor.receive` parameter type).
+M = TypeVar("M")
+
+
+class SupervisedActor(pykka.ThreadingActor, Generic[M]):
     """Base of every actor. Subclasses implement :meth:`receive`; messages are ``msgspec`` Structs.
+
+    Each actor names its messages: ``SupervisedActor[Union]`` for the type checker, and
+    :attr:`accepts` (``typing.get_args(Union)``) for the runtime, so that :meth:`receive` sees only
+    members of its union and mypy checks every ``match`` on it (``assert_never`` in its default
+    case). A message outside the union is a bug in its sender: logged as an error in production,
+    raised (:class:`UnknownMessageError`) when :data:`STRICT_MESSAGES_ENV` is set, as in the tests.
 
     What the base does for its subclasses:
 
     - a :class:`Ping` is answered ``"pong"`` without calling :meth:`receive` (that is the heartbeat);
+    - a :class:`Told` message is unwrapped for :meth:`receive`, and reported done afterwards (see the
+      module's docstring);
     - a crash in a *told* message's handler (pykka calls :meth:`on_failure`) or in ``on_start`` (pykka
-      calls no hook) is reported to the supervisor, and every tell still in the inbox is handed to it,
-      so the next instance gets them in order. Asks left in the inbox get ``pykka.ActorDeadError``;
-      their senders handle it.
+      calls no hook: the base wraps this instance's ``on_start``) is reported to the supervisor, which
+      starts a fresh instance and gives it the tells not done with, in order. Asks left in the inbox
+      get ``pykka.ActorDeadError``; their senders handle it.
 
     Subclasses that override ``on_failure`` must call ``super().on_failure(...)``.
     """
@@ -116,44 +152,54 @@ class SupervisedActor(pykka.ThreadingActor):
     def __init__(self, reporter: ActorReporter) -> None:
         super().__init__()
         self._reporter = reporter
-        reporter.attach(self._take_tells)
+        # pykka calls no hook when on_start raises (it logs and stops the actor). Report it from a
+        # wrapper around this instance's own on_start, so /health shows the real error at once and
+        # before pykka marks the actor dead: whoever sees it dead finds the error already recorded.
+        self.on_start = _reporting_failure(self.on_start, reporter)  # type: ignore[method-assign]
+
+    #: The message types :meth:`receive` handles: the members of this actor's message union.
+    accepts: ClassVar[tuple[type, ...]] = ()
 
     @abc.abstractmethod
-    def receive(self, message: object) -> object:
-        """Handle one message; what it returns is the reply to an ask.
-
-        Subclasses end with ``return super().receive(message)`` for messages they do not know: that
-        logs a warning (and quietly accepts a :class:`Drain` the actor has nothing to do for).
-        """
-        if not isinstance(message, Drain):
-            log.warning(
-                "%s got a message it does not handle: %s",
-                type(self).__name__,
-                type(message).__name__,
-                extra=emoji(WARNING),
-            )
-        return None
+    def receive(self, message: M) -> object:
+        """Handle one message of this actor's union; what it returns is the reply to an ask."""
 
     def on_receive(self, message: Any) -> Any:
-        """pykka's entry point: answers :class:`Ping` itself, hands everything else to :meth:`receive`."""
+        """pykka's entry point: unwraps :class:`Told`, answers :class:`Ping`, hands the rest to
+        :meth:`receive`."""
+        if isinstance(message, Told):
+            try:
+                return self._handle(message.message)
+            finally:
+                self._reporter.done(message.seq)
+        return self._handle(message)
+
+    def _handle(self, message: object) -> object:
         if isinstance(message, Ping):
             self._reporter.heartbeat()
             return PONG
-        return self.receive(message)
+        if isinstance(message, self.accepts):
+            return self.receive(message)  # type: ignore[arg-type]  # (accepts = the members of M)
+        if isinstance(message, Drain):
+            return None  # nothing to drain here
+        what = f"{type(self).__name__} got a message outside its union: {type(message).__name__}"
+        if os.environ.get(STRICT_MESSAGES_ENV, "") not in ("", "0"):
+            raise UnknownMessageError(what)
+        log.error(what, extra=emoji(FAILURE))
+        return None
 
-    def tell_later(self, delay: float, message: object) -> threading.Timer:
-        """Tell this actor ``message`` in ``delay`` seconds, from a daemon timer (cancel it to take it
-        back). Nothing is sent if the actor has stopped by then."""
+    def tell_later(self, delay: float, message: object) -> ScheduledCall:
+        """Tell this actor ``message`` in ``delay`` seconds, from the process's one scheduler thread
+        (cancel the returned call to take it back). Nothing is sent if the actor has stopped by then:
+        a delayed message belongs to this instance, the next one schedules its own."""
+        ref = self.actor_ref
 
         def fire() -> None:
             with contextlib.suppress(pykka.ActorDeadError):
-                if self.actor_ref.is_alive():
-                    self.actor_ref.tell(message)
+                if ref.is_alive():
+                    ref.tell(message)
 
-        timer = threading.Timer(delay, fire)
-        timer.daemon = True
-        timer.start()
-        return timer
+        return scheduler.call_later(delay, fire)
 
     def heartbeat(self) -> None:
         """Tell the supervisor "still alive" from inside a long-running handler."""
@@ -165,41 +211,20 @@ class SupervisedActor(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """Report the crash; the supervisor takes the inbox's tells and starts a fresh instance."""
+        """Report the crash; the supervisor starts a fresh instance and gives it the tells not done with."""
         if exception_value is None:
             exception_value = (exception_type or RuntimeError)()
         self._reporter.failed(exception_value)
 
-    def _actor_loop_setup(self) -> None:
-        # pykka calls no hook when on_start raises; report it here so /health shows the real error
-        # at once (the supervisor's monitor would otherwise only see the dead ref). Reported before
-        # pykka marks the actor dead, so whoever sees it dead finds the error already recorded.
+
+def _reporting_failure(on_start: Callable[[], None], reporter: ActorReporter) -> Callable[[], None]:
+    """``on_start`` that reports an exception it raises to ``reporter`` before raising it on to pykka."""
+
+    def start() -> None:
         try:
-            self.on_start()
+            on_start()
         except Exception as exc:
-            self._reporter.failed(exc)
-            self._handle_failure(*sys.exc_info())
+            reporter.failed(exc)
+            raise
 
-    def _actor_loop_teardown(self) -> None:
-        # pykka drops tells left in the inbox at teardown; hand them over instead, then let pykka
-        # answer the asks (ActorDeadError) as usual.
-        self._reporter.hand_over()
-        super()._actor_loop_teardown()
-
-    def _take_tells(self) -> list[object]:
-        """Empty the inbox of tells (oldest first); asks are put back for pykka to answer.
-
-        Only the actor's own thread calls this (from on_failure, on_start's failure and teardown):
-        it is the inbox's only consumer, so ``empty()`` then ``get()`` cannot block.
-        """
-        tells: list[object] = []
-        asks: list[Any] = []
-        while not self.actor_inbox.empty():
-            envelope = self.actor_inbox.get()
-            if envelope.reply_to is None:
-                tells.append(envelope.message)
-            else:
-                asks.append(envelope)
-        for envelope in asks:
-            self.actor_inbox.put(envelope)
-        return tells
+    return start

@@ -19,6 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from orchestrator.redaction import redact_text
+from orchestrator.validation.characters import NAME_CHARS, CharacterProblem, character_problems
 
 #: The longest echo of a sender's value in a reason; longer values are cut.
 MAX_SHOWN_CHARS: Final = 60
@@ -28,6 +29,9 @@ MAX_BRANCH_BYTES: Final = 255
 MAX_PATH_BYTES: Final = 1024
 #: Highest TCP port.
 MAX_PORT: Final = 65535
+#: The longest value :func:`show` redacts; longer ones (no field may hold one) are not echoed beyond a
+#: plain start, so a reason costs the same whatever the sender sends.
+MAX_REDACTED_CHARS: Final = MAX_PATH_BYTES
 
 SCHEMA: Final = "schema"
 SECURITY: Final = "security"
@@ -66,8 +70,19 @@ def kind_of(value: Any) -> str:
     return _KIND_NAMES.get(type(value), type(value).__name__)
 
 
+_PLAIN_START: Final = re.compile(rf"[A-Za-z0-9_.-]{{0,{MAX_SHOWN_CHARS}}}")
+
+
 def show(value: str) -> str:
-    """``value`` quoted for a reason: credentials redacted, control characters escaped, cut short."""
+    """``value`` quoted for a reason: credentials redacted, control characters escaped, cut short.
+
+    A value longer than :data:`MAX_REDACTED_CHARS` is shown by its plain start only: letters,
+    digits, ``_ . -`` (no credential or token can be written with them), so that no redaction runs
+    on it at all.
+    """
+    if len(value) > MAX_REDACTED_CHARS:
+        start = _PLAIN_START.match(value)
+        return f"{start.group() if start else ''!r}… ({len(value)} characters)"
     text = redact_text(value)
     if len(text) > MAX_SHOWN_CHARS:
         return f"{text[:MAX_SHOWN_CHARS]!r}… ({len(value)} characters)"
@@ -116,8 +131,36 @@ def check_deployment_id(field: str, value: Any, issues: list[Issue]) -> Any:
 
 # --- branch -------------------------------------------------------------------------------------
 
-# Anything that could break one of git's ref-name rules; only a hit needs the (slower) explanation.
-_SUSPECT_REF: Final = re.compile(r"\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{|^[-/.]|/\.|//|[/.]$|\.lock(?:/|$)")
+#: A full ref name for a branch; ``refs/heads/x`` is accepted and normalised to ``x`` (what
+#: ``git clone --branch`` wants). Any other ``refs/...`` (tags, remotes, pull requests) is refused.
+BRANCH_REF_PREFIX: Final = "refs/heads/"
+#: Names git resolves to something other than a branch: HEAD and the pseudo-refs of its operations.
+#: Refused in any letter case (HEAD's own file is found case-insensitively on some file systems).
+SPECIAL_REFS: Final = (
+    "HEAD",
+    "FETCH_HEAD",
+    "ORIG_HEAD",
+    "MERGE_HEAD",
+    "CHERRY_PICK_HEAD",
+    "REVERT_HEAD",
+    "REBASE_HEAD",
+    "BISECT_HEAD",
+    "AUTO_MERGE",
+    "BISECT_EXPECTED_REV",
+    "MERGE_AUTOSTASH",
+    "NOTES_MERGE_PARTIAL",
+    "NOTES_MERGE_REF",
+)
+_SPECIAL_REF_NAMES: Final = frozenset(SPECIAL_REFS)
+# Any other name of git's pseudo-ref form: capitals and '_', ending in _HEAD.
+_PSEUDO_REF: Final = re.compile(r"[A-Z_]+_HEAD")
+# The common case, a valid branch name as it is, accepted by one match: allow-listed ASCII characters
+# in components that neither start nor end with '.', hold no '..' and do not end with '.lock'; no
+# leading '-' or '+', not '@' alone, not a full ref. (Special refs are looked for apart.) Linear: a
+# component cannot hold '/', nor a run between dots a '.', so there is one way to split a value.
+_RUN: Final = f"[{NAME_CHARS.replace('.', '')}]+"
+_COMPONENT: Final = rf"{_RUN}(?:\.{_RUN})*(?<!\.lock)"
+_PLAIN_BRANCH: Final = re.compile(rf"(?![-+]|refs/|@\Z){_COMPONENT}(?:/{_COMPONENT})*")
 _REF_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _REF_FORBIDDEN_CHARS: Final = "~^:?*[\\"
 
@@ -158,46 +201,93 @@ def _ref_name_problem(name: str) -> tuple[str, str] | None:
     return None
 
 
+def _branch_problem(name: str, *, full_ref_allowed: bool = True) -> tuple[str, str] | None:
+    """What is wrong with ``name`` as a branch to clone (the end of a reason), with its kind."""
+    git_problem = _ref_name_problem(name)
+    if git_problem is not None:
+        why, kind = git_problem
+        return f"is not a valid git ref name ({why})", kind
+    if name.startswith("+"):
+        return "must not start with '+' (git reads it as a forced refspec)", SECURITY
+    characters = character_problems(name)
+    if characters:
+        return _must_not_contain(characters[0])
+    if _is_special_ref(name):
+        return "is a special git ref (like HEAD), not a branch", SCHEMA
+    if name.startswith("refs/"):
+        if full_ref_allowed and name.startswith(BRANCH_REF_PREFIX):
+            # Checked once more without the prefix, which must not be there twice.
+            return _branch_problem(name.removeprefix(BRANCH_REF_PREFIX), full_ref_allowed=False)
+        return f"is a full ref name outside {BRANCH_REF_PREFIX}, not a branch", SCHEMA
+    return None
+
+
+def _is_special_ref(name: str) -> bool:
+    """Whether ``name`` is HEAD or a pseudo-ref, which git would resolve before any branch."""
+    return name.upper() in _SPECIAL_REF_NAMES or (
+        name.endswith("_HEAD") and _PSEUDO_REF.fullmatch(name) is not None
+    )
+
+
 def check_branch(field: str, value: Any, issues: list[Issue]) -> Any:
-    """``branch``: a ref name ``git check-ref-format`` accepts, not an option, at most 255 bytes."""
+    """``branch``: a branch name to clone, at most 255 bytes; ``refs/heads/x`` is normalised to ``x``.
+
+    A name ``git check-ref-format`` accepts, made of the characters of
+    :mod:`~orchestrator.validation.characters`, not starting with ``-`` or ``+`` (an option, a forced
+    refspec), and not a special ref (``HEAD``, ``FETCH_HEAD``...) or a full ref other than a branch's.
+    """
     if not isinstance(value, str):
         issues.append(expected(field, "a string", value))
+        return value
+    if (
+        len(value) <= MAX_BRANCH_BYTES
+        and _PLAIN_BRANCH.fullmatch(value)
+        and value.upper() not in _SPECIAL_REF_NAMES
+        and not value.endswith("_HEAD")
+    ):
         return value
     size = _utf8_length(field, value, issues)
     if size is None:
         return value
     if not value:
         issues.append(Issue(f"{field}: must not be empty"))
-    elif size > MAX_BRANCH_BYTES:
+        return value
+    if size > MAX_BRANCH_BYTES:
         issues.append(Issue(f"{field}: is {size} bytes long, at most {MAX_BRANCH_BYTES} allowed"))
-    elif _SUSPECT_REF.search(value) or value == "@":
-        problem = _ref_name_problem(value)
-        if problem is not None:
-            why, kind = problem
-            issues.append(Issue(f"{field}: {show(value)} is not a valid git ref name ({why})", kind))
-    return value
+        return value
+    problem = _branch_problem(value)
+    if problem is not None:
+        why, kind = problem
+        issues.append(Issue(f"{field}: {show(value)} {why}", kind))
+        return value
+    return value.removeprefix(BRANCH_REF_PREFIX)
 
 
 # --- paths inside the repository ----------------------------------------------------------------
 
-# C0 and C1 controls and DEL: they have no business in a file name and upset terminals and logs.
-_PATH_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # The common case: an already normalised path of plain characters, accepted as is by one match
-# (no empty, "." or ".." segment, no leading or trailing "/").
-_PLAIN_PATH: Final = re.compile(r"(?:(?!\.{1,2}/)[\w.+@=,-]+/)*(?!\.{1,2}\Z)[\w.+@=,-]+", re.ASCII)
+# (no empty, "." or ".." segment, no segment starting with '-', no leading or trailing "/"). Linear:
+# a segment cannot hold '/', so there is one way to split a value into segments.
+_PLAIN_PATH: Final = re.compile(rf"(?:(?!\.{{1,2}}/|-)[{NAME_CHARS}]+/)*(?!\.{{1,2}}\Z|-)[{NAME_CHARS}]+")
+# The seed's own form of a path in the repository's root ("./Dockerfile"): plain once this is cut.
+_CURRENT_DIR: Final = "./"
+_OPTION_SEGMENT: Final = re.compile(r"(?:\A|/)-")
 
 
 def check_relative_path(field: str, value: Any, issues: list[Issue]) -> Any:
     """``dockerFilePath``, ``composeFilePath``, ``contextDir``: a relative path inside the checkout.
 
     Normalised (``./a//b/`` becomes ``a/b``, an empty result ``.``); a ``..`` segment is rejected,
-    never resolved, so the path cannot leave the checkout.
+    never resolved, so the path cannot leave the checkout. Only the characters of
+    :mod:`~orchestrator.validation.characters` are allowed, and no segment may start with ``-``
+    (a tool would read it as an option), so the path is safe on a command line.
     """
     if not isinstance(value, str):
         issues.append(expected(field, "a string", value))
         return value
-    if value == "." or (len(value) <= MAX_PATH_BYTES and _PLAIN_PATH.fullmatch(value)):
-        return value
+    plain = value.removeprefix(_CURRENT_DIR)
+    if value == "." or (len(plain) <= MAX_PATH_BYTES and _PLAIN_PATH.fullmatch(plain)):
+        return plain
     size = _utf8_length(field, value, issues)
     if size is None:
         return value
@@ -208,18 +298,30 @@ def check_relative_path(field: str, value: Any, issues: list[Issue]) -> Any:
         issues.append(Issue(f"{field}: is {size} bytes long, at most {MAX_PATH_BYTES} allowed"))
         return value
     before = len(issues)
-    if _PATH_CONTROL.search(value):
-        issues.append(Issue(f"{field}: {show(value)} must not contain control characters", SECURITY))
-    if "\\" in value:
-        issues.append(Issue(f"{field}: {show(value)} must not contain backslashes (use '/')", SECURITY))
+    for problem in character_problems(value):
+        why, kind = _must_not_contain(problem)
+        issues.append(Issue(f"{field}: {show(value)} {why}", kind))
     if value.startswith("/"):
         issues.append(Issue(f"{field}: {show(value)} must be relative, not an absolute path", SECURITY))
     segments = value.split("/")
     if ".." in segments:
         issues.append(Issue(f"{field}: {show(value)} must not contain a '..' segment", SECURITY))
+    if _OPTION_SEGMENT.search(value):
+        issues.append(
+            Issue(
+                f"{field}: {show(value)} must not have a segment starting with '-' "
+                "(a tool would read it as an option)",
+                SECURITY,
+            )
+        )
     if len(issues) > before:
         return value
     return "/".join(s for s in segments if s not in ("", ".")) or "."
+
+
+def _must_not_contain(problem: CharacterProblem) -> tuple[str, str]:
+    """The end of a reason for refused characters, e.g. ``must not contain glob characters ('*')``."""
+    return f"must not contain {problem.describe()}", SECURITY if problem.category.security else SCHEMA
 
 
 # --- createdAt ----------------------------------------------------------------------------------

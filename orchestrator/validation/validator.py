@@ -3,11 +3,17 @@
 Two paths share the field rules of :mod:`orchestrator.validation.rules`:
 
 - the fast path decodes with the prebuilt typed decoder (:data:`orchestrator.messages.JOB_DECODER`),
-  which already enforces the JSON types, and runs the semantic rules on the struct;
+  which already enforces the JSON types, and runs the semantic rules on the struct (a plain decode
+  as well, when the duplicate-key check needs the number of distinct keys, also checks the unknown
+  fields the typed decoder skips unread);
 - the slow path, taken when the typed decode fails (or unknown fields must be refused), decodes to
   plain JSON values and checks every field, so that every problem of the message is reported.
 
-Unknown fields are dropped (tolerant reader) or refused; either way they never reach a worker.
+Both paths refuse a message that repeats a key in any of its objects (see
+:mod:`orchestrator.validation.duplicates`), and both read an empty string in an optional field of the
+seed's format as the field being absent (the producer sends ``"composeFilePath": ""`` when there is
+no compose file). Unknown fields are dropped (tolerant reader) or refused; either way they never
+reach a worker.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from orchestrator.config import ValidationConfig
 from orchestrator.errors import ValidationError
 from orchestrator.logs import FAILURE, emoji
 from orchestrator.messages import ANY_JSON_DECODER, JOB_DECODER, JOB_TYPES, JobBase
-from orchestrator.validation import rules
+from orchestrator.validation import duplicates, rules
+from orchestrator.validation.duplicates import DuplicateKey
 from orchestrator.validation.repository import RepositoryRule
 from orchestrator.validation.rules import SECURITY, Issue, Rule, kind_of, show
 
@@ -43,6 +50,14 @@ REASON_CLASSES: Final = (TOO_LARGE, NOT_UTF8, NOT_JSON, NOT_OBJECT, UNKNOWN_TYPE
 INTERNAL_ERROR_REASON: Final = "message: could not be validated (internal error)"
 #: How many unknown fields a rejection names one by one before summing up the rest.
 MAX_UNKNOWN_FIELDS_LISTED: Final = 10
+#: How many repeated keys a rejection names one by one before summing up the rest.
+MAX_DUPLICATE_KEYS_LISTED: Final = 10
+#: The optional fields of the seed's format in which an empty string means "absent": the field takes
+#: its default. The producer sends ``""`` for a value it does not have (``composeFilePath`` when there
+#: is no compose file). ``autoDeploy`` is not one: it is a JSON boolean, and ``""`` is not a boolean.
+EMPTY_MEANS_ABSENT: Final = frozenset(
+    {"branch", "dockerFilePath", "composeFilePath", "contextDir", "createdAt", "portNumber"}
+)
 _TAG_FIELD: Final = "type"
 _SHOWABLE_KEY_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 _MAX_SHOWABLE_KEY: Final = 64
@@ -87,6 +102,10 @@ class _Field(NamedTuple):
     rule: Rule
     #: Whether the rule adds anything once the typed decoder accepted the value.
     check_typed: bool = True
+    #: Whether ``""`` means the field is absent (see :data:`EMPTY_MEANS_ABSENT`).
+    empty_means_absent: bool = False
+    #: The value of an absent field (unused for a required one).
+    default: Any = None
 
 
 class _TypeRule:
@@ -133,6 +152,9 @@ class JobValidator:
             cls: tuple(f for f in fields if f.check_typed) for cls, fields in self._fields.items()
         }
         self._wire_names = {cls: frozenset(f.wire for f in fields) for cls, fields in self._fields.items()}
+        # Keys every accepted message of a type has (its tag and required fields): when a message can
+        # hold no more keys than that, none of them can repeat.
+        self._least_keys = {cls: 1 + sum(f.required for f in fields) for cls, fields in self._fields.items()}
 
     def validate(self, raw: bytes) -> JobBase | Rejection:
         """Validate one raw message. Never raises, whatever the bytes.
@@ -153,7 +175,7 @@ class JobValidator:
                 job = self._decoder.decode(raw)
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 return self._validate_plain(raw)
-            return self._check_typed(job)
+            return self._check_typed(job, raw)
         except Exception:
             # A bug here must cost one message, not the validator: reject it and say so loudly.
             log.exception("validator failed on a message; rejecting it", extra=emoji(FAILURE))
@@ -161,12 +183,22 @@ class JobValidator:
 
     # --- fast path: the typed decoder accepted the message ---------------------------------------
 
-    def _check_typed(self, job: JobBase) -> JobBase | Rejection:
+    def _check_typed(self, job: JobBase, raw: bytes) -> JobBase | Rejection:
+        repeated = self._typed_duplicates(job, raw)
+        if repeated is None:
+            # The typed decoder skips unknown fields without checking them (their UTF-8, for one):
+            # the plain path decodes everything and says what is wrong.
+            return self._validate_plain(raw)
+        if repeated:
+            return _duplicates_rejection(repeated, job.deployment_id, job.type)
         issues: list[Issue] = []
         changes: dict[str, Any] = {}
-        for attr, wire, _, nullable, rule, _ in self._typed_checks[type(job)]:
+        for attr, wire, _, nullable, rule, _, empty_means_absent, default in self._typed_checks[type(job)]:
             value = getattr(job, attr)
             if value is None and nullable:
+                continue
+            if empty_means_absent and value == "":
+                changes[attr] = default
                 continue
             normalised = rule(wire, value, issues)
             if normalised != value:
@@ -175,6 +207,19 @@ class JobValidator:
             deployment_id = job.deployment_id if rules.is_deployment_id(job.deployment_id) else None
             return _reject(issues, deployment_id, job.type)
         return msgspec.structs.replace(job, **changes) if changes else job
+
+    def _typed_duplicates(self, job: JobBase, raw: bytes) -> list[DuplicateKey] | None:
+        """The repeated keys of a message the typed decoder accepted; ``None`` when it is not valid JSON."""
+        bound = duplicates.key_bound(raw)
+        if bound is not None and bound <= self._least_keys[type(job)]:
+            return []
+        try:
+            message = ANY_JSON_DECODER.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return None
+        if bound is not None and bound <= len(message):
+            return []
+        return duplicates.duplicate_keys(raw)
 
     # --- slow path: plain JSON values, every field checked --------------------------------------
 
@@ -187,9 +232,14 @@ class JobValidator:
             return Rejection((f"message: expected a JSON object, got {kind_of(message)}",), NOT_OBJECT)
 
         raw_id = message.get("deploymentId")
-        deployment_id = raw_id if rules.is_deployment_id(raw_id) else None
         tag = message.get(_TAG_FIELD)
         cls = self._types.get(tag) if isinstance(tag, str) else None
+        bound = duplicates.key_bound(raw)
+        if bound is None or bound > len(message):
+            repeated = duplicates.duplicate_keys(raw)
+            if repeated:
+                return _duplicates_rejection(repeated, raw_id, tag if cls is not None else None)
+        deployment_id = raw_id if rules.is_deployment_id(raw_id) else None
         if cls is None:
             issues = [self._type_issue(tag, _TAG_FIELD in message)]
             if "deploymentId" not in message:
@@ -200,7 +250,7 @@ class JobValidator:
 
         issues = []
         values: dict[str, Any] = {}
-        for attr, wire, required, nullable, rule, _ in self._fields[cls]:
+        for attr, wire, required, nullable, rule, _, empty_means_absent, _ in self._fields[cls]:
             if wire not in message:
                 if required:
                     issues.append(Issue(f"{wire}: is required"))
@@ -208,6 +258,8 @@ class JobValidator:
             value = message[wire]
             if value is None and nullable:
                 values[attr] = None
+                continue
+            if empty_means_absent and value == "":
                 continue
             values[attr] = rule(wire, value, issues)
         if self._forbid_unknown:
@@ -259,6 +311,9 @@ def _fields_of(cls: type[JobBase], named: dict[str, Rule]) -> tuple[_Field, ...]
     fields = []
     for info in msgspec.structs.fields(cls):
         rule = named.get(info.encode_name)
+        empty_means_absent = not info.required and info.encode_name in EMPTY_MEANS_ABSENT
+        # Only a seed field (checked on both paths) may read "" as absent, or the paths would differ.
+        assert not empty_means_absent or rule is not None, info.encode_name
         fields.append(
             _Field(
                 attr=info.name,
@@ -267,6 +322,8 @@ def _fields_of(cls: type[JobBase], named: dict[str, Rule]) -> tuple[_Field, ...]
                 nullable=type(None) in get_args(info.type),
                 rule=rule if rule is not None else _TypeRule(info.type),
                 check_typed=rule is not None,
+                empty_means_absent=empty_means_absent,
+                default=None if info.required else info.default,
             )
         )
     return tuple(fields)
@@ -295,6 +352,25 @@ def _describe_type(annotation: Any) -> str:
 def _reject(issues: list[Issue], deployment_id: str | None, job_type: str) -> Rejection:
     reason_class = SECURITY if any(i.kind == SECURITY for i in issues) else SCHEMA
     return Rejection(tuple(i.reason for i in issues), reason_class, deployment_id, job_type)
+
+
+def _duplicates_rejection(repeated: list[DuplicateKey], raw_id: object, tag: str | None) -> Rejection:
+    """The rejection of a message that repeats keys; its deploymentId and type only when not repeated.
+
+    ``tag`` is the message's type when it is a registered one.
+    """
+    top_level = {duplicate.key for duplicate in repeated if not duplicate.nested}
+    reasons = [
+        f"message: duplicate key {show(duplicate.key)}{' in a nested object' if duplicate.nested else ''}"
+        for duplicate in repeated[:MAX_DUPLICATE_KEYS_LISTED]
+    ]
+    if len(repeated) > MAX_DUPLICATE_KEYS_LISTED:
+        reasons.append(f"message: {len(repeated) - MAX_DUPLICATE_KEYS_LISTED} more duplicate keys")
+    deployment_id = None
+    if "deploymentId" not in top_level and isinstance(raw_id, str) and rules.is_deployment_id(raw_id):
+        deployment_id = raw_id
+    job_type = tag if _TAG_FIELD not in top_level else None
+    return Rejection(tuple(reasons), SECURITY, deployment_id, job_type)
 
 
 def _undecodable(raw: bytes, error: Exception) -> Rejection:

@@ -1,11 +1,9 @@
-"""Fixtures for the broker tests: a deadline helper, forced connection closes, a TCP proxy to cut."""
+"""Fixtures for the broker tests: forced connection closes, a TCP proxy to cut, queue helpers."""
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
-import threading
-import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -13,29 +11,14 @@ import msgspec
 import pika
 import pika.exceptions
 import pytest
+from support import wait_until
 from tcp_proxy import TcpProxy
 
-from orchestrator.broker.topology import declare_topology, retry_queue_name
+from orchestrator.broker.names import retry_queue_name
+from orchestrator.broker.topology import declare_topology
 from orchestrator.config import Config
 
-POLL_SECONDS = 0.02
 RABBITMQCTL_TIMEOUT_SECONDS = 30
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Return as soon as ``predicate()`` is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        pause.wait(POLL_SECONDS)
-
-
-@pytest.fixture
-def eventually() -> Callable[..., None]:
-    """``eventually(predicate, timeout, what)``: poll until true, fail at the deadline."""
-    return wait_for
 
 
 def _rabbitmqctl(*args: str) -> str:
@@ -70,7 +53,7 @@ def close_connection() -> Callable[[str], None]:
             pids[:] = connection_pids(connection_name)
             return bool(pids)
 
-        wait_for(listed, 20, f"connection {connection_name!r} to be listed by rabbitmqctl")
+        wait_until(listed, 20, f"connection {connection_name!r} to be listed by rabbitmqctl")
         for pid in pids:
             _rabbitmqctl("close_connection", pid, "forced by a test")
 
@@ -107,7 +90,8 @@ def fresh_channel(
     amqp_connection: pika.BlockingConnection,
 ) -> Callable[[], pika.adapters.blocking_connection.BlockingChannel]:
     """A factory of channels on the test's own connection (a broker error closes a channel)."""
-    return amqp_connection.channel
+    factory: Callable[[], pika.adapters.blocking_connection.BlockingChannel] = amqp_connection.channel
+    return factory
 
 
 def _queue_depth(channel: pika.adapters.blocking_connection.BlockingChannel, queue: str) -> int:
@@ -117,7 +101,7 @@ def _queue_depth(channel: pika.adapters.blocking_connection.BlockingChannel, que
 def _drain_queue(
     channel: pika.adapters.blocking_connection.BlockingChannel, queue: str
 ) -> list[tuple[pika.spec.BasicProperties, bytes]]:
-    messages = []
+    messages: list[tuple[pika.spec.BasicProperties, bytes]] = []
     while True:
         method, properties, body = channel.basic_get(queue, auto_ack=True)
         if method is None:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 
 import msgspec
 import pika
-import pika.compat
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pika.adapters.blocking_connection import BlockingChannel as Channel
+from support import wait_until
 
 from orchestrator.broker.connection import Backoff, describe_error
 from orchestrator.broker.consumer import (
@@ -20,13 +21,10 @@ from orchestrator.broker.consumer import (
     Delivery,
     DeliveryLedger,
     Settle,
-    attempt_from_headers,
-    plain,
+    SettlePlan,
 )
 from orchestrator.config import Config
 
-Channel = pika.adapters.blocking_connection.BlockingChannel
-Eventually = Callable[..., None]
 Depth = Callable[[Channel, str], int]
 
 # --- plain logic -----------------------------------------------------------------------------------
@@ -62,57 +60,94 @@ def test_ledger_take_all_returns_outstanding_oldest_first() -> None:
     assert ledger.settle(generation, 1) is Settle.DUPLICATE
 
 
-@pytest.mark.parametrize(
-    ("headers", "attempt"),
-    [
-        ({}, 1),
-        ({"x-attempt": 3}, 3),
-        ({"x-attempt": pika.compat.long(2)}, 2),
-        ({"x-attempt": "2"}, 2),
-        ({"x-attempt": " 4 "}, 4),
-        ({"x-attempt": 0}, 1),
-        ({"x-attempt": -5}, 1),
-        ({"x-attempt": "two"}, 1),
-        ({"x-attempt": "²"}, 1),
-        ({"x-attempt": 2.5}, 1),
-        ({"x-attempt": True}, 1),
-        ({"x-attempt": None}, 1),
-        ({"x-attempt": [2]}, 1),
-    ],
+def test_a_batch_settled_in_order_is_one_multiple_ack() -> None:
+    ledger = DeliveryLedger()
+    generation = ledger.new_generation()
+    for tag in range(1, 101):
+        ledger.received(tag)
+
+    plan = ledger.plan([(generation, tag, None) for tag in range(1, 101)])
+
+    assert plan == SettlePlan(ack_up_to=100)
+    assert len(ledger) == 0
+
+
+def test_acks_above_an_outstanding_delivery_go_one_by_one_and_nacks_go_first() -> None:
+    ledger = DeliveryLedger()
+    generation = ledger.new_generation()
+    for tag in range(1, 8):
+        ledger.received(tag)
+
+    # 4 stays outstanding (its job waits for a slot); 3 is nacked; 1 comes twice; one is stale
+    requests: list[tuple[int, int, bool | None]] = [
+        (generation, 1, None),
+        (generation, 2, None),
+        (generation, 3, True),
+        (generation, 5, None),
+        (generation, 6, None),
+        (generation, 1, None),
+        (generation - 1, 7, None),
+    ]
+    plan = ledger.plan(requests)
+
+    assert plan == SettlePlan(stale=(6,), duplicate=(5,), nacks=((3, True),), ack_up_to=2, acks=(5, 6)), (
+        "the multiple ack stops below 4, and is sent after the nack of 3"
+    )
+    assert ledger.take_all() == [4, 7]
+
+
+def test_a_single_ack_is_not_sent_as_multiple() -> None:
+    ledger = DeliveryLedger()
+    generation = ledger.new_generation()
+    ledger.received(1)
+    assert ledger.plan([(generation, 1, None)]) == SettlePlan(acks=(1,))
+
+
+@given(
+    st.integers(min_value=1, max_value=40).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(
+                st.tuples(st.integers(1, n), st.sampled_from([None, None, None, True, False])),
+                max_size=3 * n,
+            ),
+            st.integers(1, 6),
+        )
+    )
 )
-def test_attempt_comes_from_the_header_and_garbage_means_one(
-    headers: dict[str, object], attempt: int
+def test_batched_settling_acks_and_nacks_exactly_what_was_asked(
+    case: tuple[int, list[tuple[int, bool | None]], int],
 ) -> None:
-    assert attempt_from_headers(headers) == attempt
+    # A model broker: the outstanding tags of one channel, and what became of each.
+    n, requests, batch_size = case
+    ledger = DeliveryLedger()
+    generation = ledger.new_generation()
+    outstanding = set(range(1, n + 1))
+    for tag in sorted(outstanding):
+        ledger.received(tag)
+    fate: dict[int, str] = {}
+    wanted: dict[int, str] = {}
+    for tag, requeue in requests:
+        wanted.setdefault(tag, "ack" if requeue is None else f"nack:{requeue}")
 
+    for start in range(0, len(requests), batch_size):
+        batch = requests[start : start + batch_size]
+        plan = ledger.plan([(generation, tag, requeue) for tag, requeue in batch])
+        for tag, requeue in plan.nacks:
+            assert tag in outstanding
+            outstanding.discard(tag)
+            fate[tag] = f"nack:{requeue}"
+        if plan.ack_up_to is not None:
+            for tag in sorted(t for t in outstanding if t <= plan.ack_up_to):
+                outstanding.discard(tag)
+                fate[tag] = "ack"
+        for tag in plan.acks:
+            assert tag in outstanding, f"ack of {tag}: not outstanding"
+            outstanding.discard(tag)
+            fate[tag] = "ack"
 
-def test_headers_are_decoded_to_plain_types() -> None:
-    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    raw = {
-        "count": pika.compat.long(7),
-        "price": Decimal("1.5"),
-        "name": b"caf\xc3\xa9",
-        "blob": b"\xff\xfe",
-        "at": when,
-        "x-death": [{"count": pika.compat.long(1), "routing-keys": [b"q"]}],
-        "flag": True,
-        "none": None,
-    }
-
-    decoded = plain(raw)
-
-    assert decoded == {
-        "count": 7,
-        "price": 1.5,
-        "name": "café",
-        "blob": b"\xff\xfe",
-        "at": "2026-01-02T03:04:05+00:00",
-        "x-death": [{"count": 1, "routing-keys": ["q"]}],
-        "flag": True,
-        "none": None,
-    }
-    assert type(decoded["count"]) is int
-    assert type(decoded["x-death"][0]["count"]) is int
+    assert fate == wanted, "each delivery is settled once, as its first request asked, and no other is"
+    assert outstanding == set(range(1, n + 1)) - set(wanted)
 
 
 def test_backoff_is_exponential_with_full_jitter_capped() -> None:
@@ -159,6 +194,10 @@ class Recorder:
     def __init__(self) -> None:
         self.deliveries: queue.Queue[Delivery] = queue.Queue()
         self.connectivity: list[tuple[bool, str]] = []
+        self.stale: list[int] = []
+
+    def on_stale(self, generation: int) -> None:
+        self.stale.append(generation)
 
     def on_delivery(self, delivery: Delivery) -> None:
         self.deliveries.put(delivery)
@@ -189,8 +228,10 @@ def make_consumer(topology_config: Config, recorder: Recorder) -> Iterator[Calla
             broker,
             config.status,
             config.limits.retry_delays,
+            max_attempts=config.highest_max_attempts(),
             on_delivery=recorder.on_delivery,
             on_connectivity=recorder.on_connectivity,
+            on_stale=recorder.on_stale,
         )
         consumers.append(consumer)
         consumer.start()
@@ -214,7 +255,6 @@ def test_receives_and_acks_from_another_thread(
     recorder: Recorder,
     fresh_channel: Callable[[], Channel],
     queue_depth: Depth,
-    eventually: Eventually,
 ) -> None:
     # Given two jobs in the execute queue, one a retry
     execute = topology_config.broker.execute_queue
@@ -233,7 +273,7 @@ def test_receives_and_acks_from_another_thread(
     assert (first.body, first.attempt, first.message_id, first.redelivered) == (b"first", 1, "m-1", False)
     assert (second.body, second.attempt, second.headers["x-attempt"]) == (b"second", 2, 2)
     assert first.generation == second.generation == consumer.generation
-    eventually(lambda: consumer.outstanding() == 0, 5, "both acks to be sent")
+    wait_until(lambda: consumer.outstanding() == 0, 5, "both acks to be sent")
     consumer.stop(10)
     assert queue_depth(channel, execute) == 0
     assert recorder.connectivity == [(True, "")]
@@ -268,7 +308,6 @@ def test_stop_requeues_every_unacked_delivery_and_later_acks_are_ignored(
     recorder: Recorder,
     fresh_channel: Callable[[], Channel],
     queue_depth: Depth,
-    eventually: Eventually,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given three deliveries held, one acked
@@ -278,13 +317,13 @@ def test_stop_requeues_every_unacked_delivery_and_later_acks_are_ignored(
     consumer = make_consumer()
     held = recorder.take(3)
     consumer.ack(held[0])
-    eventually(lambda: consumer.outstanding() == 2, 5, "the ack to be sent")
+    wait_until(lambda: consumer.outstanding() == 2, 5, "the ack to be sent")
 
     # When the consumer stops
     consumer.stop(10)
 
     # Then the two unacked ones are back in the queue; acking them now does nothing
-    eventually(lambda: queue_depth(channel, execute) == 2, 5, "two messages requeued")
+    wait_until(lambda: queue_depth(channel, execute) == 2, 5, "two messages requeued")
     with caplog.at_level(logging.WARNING):
         consumer.ack(held[1])
     assert "ignoring ack of delivery" in caplog.text
@@ -298,7 +337,6 @@ def test_pause_stops_new_deliveries_but_in_flight_ones_can_still_be_acked(
     recorder: Recorder,
     fresh_channel: Callable[[], Channel],
     queue_depth: Depth,
-    eventually: Eventually,
 ) -> None:
     execute = topology_config.broker.execute_queue
     channel = fresh_channel()
@@ -307,7 +345,7 @@ def test_pause_stops_new_deliveries_but_in_flight_ones_can_still_be_acked(
     (in_flight,) = recorder.take(1)
 
     consumer.pause()
-    eventually(
+    wait_until(
         lambda: channel.queue_declare(execute, passive=True).method.consumer_count == 0,
         5,
         "the consumer to be cancelled",
@@ -315,8 +353,8 @@ def test_pause_stops_new_deliveries_but_in_flight_ones_can_still_be_acked(
     _publish(channel, execute, [b"later"])
     consumer.ack(in_flight)
 
-    eventually(lambda: consumer.outstanding() == 0, 5, "the in-flight ack")
-    eventually(lambda: queue_depth(channel, execute) == 1, 5, "the later message to stay in the queue")
+    wait_until(lambda: consumer.outstanding() == 0, 5, "the in-flight ack")
+    wait_until(lambda: queue_depth(channel, execute) == 1, 5, "the later message to stay in the queue")
     assert recorder.deliveries.empty()
     assert consumer.connected
 
@@ -330,7 +368,6 @@ def test_connection_closed_mid_stream_every_message_is_acked_once(
     recorder: Recorder,
     fresh_channel: Callable[[], Channel],
     queue_depth: Depth,
-    eventually: Eventually,
     close_connection: Callable[[str], None],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -364,18 +401,18 @@ def test_connection_closed_mid_stream_every_message_is_acked_once(
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
     try:
-        eventually(lambda: len(acked) >= 50, 15, "the first 50 acks")
+        wait_until(lambda: len(acked) >= 50, 15, "the first 50 acks")
 
         # When RabbitMQ closes the consumer's connection mid-stream
         with caplog.at_level(logging.WARNING):
             close_connection(consumer.connection_name)
-            eventually(lambda: recorder.states() == [True, False, True], 20, "a reconnect")
+            wait_until(lambda: recorder.states() == [True, False, True], 20, "a reconnect")
 
             # ... and the deliveries held from before are acked after the reconnect
             for delivery in held:
                 consumer.ack(delivery)
             release.set()
-            eventually(lambda: {d.body for d in acked} == set(bodies), 30, "every job acked")
+            wait_until(lambda: {d.body for d in acked} == set(bodies), 30, "every job acked")
     finally:
         done.set()
         thread.join(5)
@@ -383,10 +420,14 @@ def test_connection_closed_mid_stream_every_message_is_acked_once(
     # Then: the stale acks were ignored (no broker error, so only one reconnect), every job was acked,
     # most of them on the new connection, the held ones came back redelivered, nothing is left
     first_generation = held[0].generation
+    held_bodies = {d.body for d in held}
     assert recorder.states() == [True, False, True]
     assert caplog.text.count("ignoring ack of delivery") >= len(held)
     assert len({d.body for d in acked if d.generation > first_generation}) >= total - 50 - 20
     assert not recorder.connectivity[1][0] and "CONNECTION_FORCED" in recorder.connectivity[1][1]
+    # whoever held deliveries of the lost channel was told, at the loss, that they are stale
+    assert recorder.stale and recorder.stale[0] > first_generation
+    assert all(d.generation >= recorder.stale[0] for d in acked if d.redelivered and d.body in held_bodies)
     redelivered = {d.body for d in acked if d.redelivered}
     assert {d.body for d in held} <= redelivered
     assert len({d.body for d in acked}) == total
@@ -400,7 +441,6 @@ def test_queue_deleted_under_the_consumer_it_declares_again_and_resumes(
     make_consumer: Callable[..., Consumer],
     recorder: Recorder,
     fresh_channel: Callable[[], Channel],
-    eventually: Eventually,
 ) -> None:
     # Given a consumer that has received and acked one job
     execute = topology_config.broker.execute_queue
@@ -414,7 +454,7 @@ def test_queue_deleted_under_the_consumer_it_declares_again_and_resumes(
     fresh_channel().queue_delete(execute)
 
     # Then it notices, declares the queue again and consumes from it
-    eventually(lambda: consumer.generation > generation, 10, "a new channel")
+    wait_until(lambda: consumer.generation > generation, 10, "a new channel")
 
     def queue_exists() -> bool:
         try:
@@ -423,7 +463,7 @@ def test_queue_deleted_under_the_consumer_it_declares_again_and_resumes(
             return False
         return True
 
-    eventually(queue_exists, 10, "the execute queue declared again")
+    wait_until(queue_exists, 10, "the execute queue declared again")
     _publish(fresh_channel(), execute, [b"after"])
     (after,) = recorder.take(1)
     assert after.body == b"after"
@@ -438,14 +478,13 @@ def test_declare_false_and_no_queue_reports_why_it_cannot_consume(
     make_consumer: Callable[..., Consumer],
     recorder: Recorder,
     fresh_channel: Callable[[], Channel],
-    eventually: Eventually,
 ) -> None:
     execute = topology_config.broker.execute_queue
     fresh_channel().queue_delete(execute)
 
     consumer = make_consumer(declare=False)
 
-    eventually(lambda: len(recorder.connectivity) >= 1, 10, "a connectivity report")
+    wait_until(lambda: len(recorder.connectivity) >= 1, 10, "a connectivity report")
     ok, reason = recorder.connectivity[0]
     assert not ok
     assert f"execute queue '{execute}' does not exist and broker.declare is false" in reason
@@ -459,13 +498,13 @@ def test_heartbeats_keep_an_idle_connection_open(
     make_consumer: Callable[..., Consumer],
     recorder: Recorder,
     fresh_channel: Callable[[], Channel],
-    eventually: Eventually,
 ) -> None:
     # Given a 1 s heartbeat: RabbitMQ closes a connection that misses two of them
     consumer = make_consumer(heartbeat_seconds=1)
-    eventually(lambda: consumer.connected, 10, "the consumer to connect")
+    wait_until(lambda: consumer.connected, 10, "the consumer to connect")
 
-    # When nothing happens for three heartbeat intervals
+    # When nothing happens for three heartbeat intervals (a fixed time on purpose: what is shown is
+    # that the connection is not closed within it)
     threading.Event().wait(3.5)
 
     # Then the connection is the same one, and still delivers

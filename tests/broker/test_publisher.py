@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 import pika
 import pytest
-from support import unique
+from pika.adapters.blocking_connection import BlockingChannel as Channel
+from support import unique, wait_until
 
-from orchestrator.broker.publisher import ConfirmingPublisher, ConfirmLedger, Outgoing
+from orchestrator.broker.publisher import ConfirmingPublisher, ConfirmLedger, PendingMessage
 from orchestrator.config import BrokerConfig, Config
 from orchestrator.errors import SinkError
 
-Channel = pika.adapters.blocking_connection.BlockingChannel
-Eventually = Callable[..., None]
 Drain = Callable[[Channel, str], list[tuple[pika.spec.BasicProperties, bytes]]]
 
 # --- plain logic -----------------------------------------------------------------------------------
 
 
-def _message(seq: int, message_id: str | None = None) -> Outgoing:
+def _message(seq: int, message_id: str | None = None) -> PendingMessage:
     properties = pika.BasicProperties(message_id=message_id or f"id-{seq}")
-    return Outgoing(seq, "x", "q", f"m{seq}".encode(), properties, lambda ok, detail: None)
+    return PendingMessage(seq, "x", "q", f"m{seq}".encode(), properties, lambda ok, detail: None)
 
 
 def test_ledger_assigns_tags_in_order_and_refuses_past_max_pending() -> None:
@@ -91,7 +89,9 @@ def test_ledger_removes_the_messages_for_a_missing_exchange() -> None:
     for seq in (1, 2):
         ledger.add(_message(seq))
     ledger.take_waiting()
-    ledger.add(Outgoing(3, "gone", "q", b"", pika.BasicProperties(message_id="id-3"), lambda ok, d: None))
+    ledger.add(
+        PendingMessage(3, "gone", "q", b"", pika.BasicProperties(message_id="id-3"), lambda ok, d: None)
+    )
 
     assert [m.seq for m in ledger.remove_for_exchange("x")] == [1, 2]
     assert ledger.pending == 1
@@ -176,7 +176,6 @@ def test_a_thousand_messages_are_confirmed_once_each_and_all_arrive(
     make_publisher: Callable[..., ConfirmingPublisher],
     fresh_channel: Callable[[], Channel],
     drain_queue: Drain,
-    eventually: Eventually,
 ) -> None:
     exchange, execute = topology_config.broker.exchange, topology_config.broker.execute_queue
     publisher = make_publisher()
@@ -188,7 +187,7 @@ def test_a_thousand_messages_are_confirmed_once_each_and_all_arrive(
             exchange, execute, body, headers={"x-attempt": 1}, on_confirm=confirms.callback(body)
         )
 
-    eventually(lambda: confirms.total() == 1000, 30, "1000 confirms")
+    wait_until(lambda: confirms.total() == 1000, 30, "1000 confirms")
     assert confirms.ok == set(bodies)
     assert set(confirms.calls.values()) == {1}
     assert publisher.pending() == 0
@@ -200,7 +199,7 @@ def test_a_thousand_messages_are_confirmed_once_each_and_all_arrive(
 
 @pytest.mark.services
 def test_unroutable_message_is_a_failure_not_a_success(
-    topology_config: Config, make_publisher: Callable[..., ConfirmingPublisher], eventually: Eventually
+    topology_config: Config, make_publisher: Callable[..., ConfirmingPublisher]
 ) -> None:
     publisher = make_publisher()
     confirms = Confirms()
@@ -212,7 +211,7 @@ def test_unroutable_message_is_a_failure_not_a_success(
         "", topology_config.broker.execute_queue, b"kept", on_confirm=confirms.callback(b"kept")
     )
 
-    eventually(lambda: confirms.total() == 2, 10, "both confirms")
+    wait_until(lambda: confirms.total() == 2, 10, "both confirms")
     assert confirms.ok == {b"kept"}
     assert confirms.failed[b"lost"].startswith("unroutable")
     assert "no.such.queue" in confirms.failed[b"lost"]
@@ -220,7 +219,7 @@ def test_unroutable_message_is_a_failure_not_a_success(
 
 @pytest.mark.services
 def test_a_missing_exchange_fails_its_messages_and_the_others_still_go_through(
-    topology_config: Config, make_publisher: Callable[..., ConfirmingPublisher], eventually: Eventually
+    topology_config: Config, make_publisher: Callable[..., ConfirmingPublisher]
 ) -> None:
     connectivity: list[bool] = []
     publisher = make_publisher(on_connectivity=lambda ok, detail: connectivity.append(ok))
@@ -231,11 +230,11 @@ def test_a_missing_exchange_fails_its_messages_and_the_others_still_go_through(
     publisher.publish("no.such.exchange", "q", b"lost", on_confirm=confirms.callback(b"lost"))
     publisher.publish("", execute, b"after", on_confirm=confirms.callback(b"after"))
 
-    eventually(lambda: confirms.total() == 3, 15, "three confirms")
+    wait_until(lambda: confirms.total() == 3, 15, "three confirms")
     assert confirms.ok == {b"before", b"after"}
     assert "exchange 'no.such.exchange' does not exist" in confirms.failed[b"lost"]
     assert set(confirms.calls.values()) == {1}
-    eventually(lambda: connectivity[-1:] == [True], 10, "the channel reopened")
+    wait_until(lambda: connectivity[-1:] == [True], 10, "the channel reopened")
 
 
 @pytest.mark.services
@@ -245,37 +244,44 @@ def test_connection_closed_mid_burst_everything_arrives_and_every_confirm_is_tru
     make_publisher: Callable[..., ConfirmingPublisher],
     fresh_channel: Callable[[], Channel],
     drain_queue: Drain,
-    eventually: Eventually,
     close_connection: Callable[[str], None],
 ) -> None:
-    # Given a publisher sending 5000 messages from another thread, paced so the burst lasts a while
+    # Given a publisher sending 5000 messages from another thread, paced so the burst lasts a while,
+    # and holding its second half back until the cut is made (however long rabbitmqctl takes to make
+    # it), so that the cut always falls inside the burst
     exchange, execute = topology_config.broker.exchange, topology_config.broker.execute_queue
     connectivity: list[bool] = []
     publisher = make_publisher(on_connectivity=lambda ok, detail: connectivity.append(ok))
     confirms = Confirms()
     bodies = [f"m{i}".encode() for i in range(5000)]
+    half = len(bodies) // 2
     pace = threading.Event()
     cut = threading.Event()
 
     def burst() -> None:
         for i, body in enumerate(bodies):
+            if i == half:
+                assert cut.wait(60), "the test never cut the connection"
             publisher.publish(exchange, execute, body, on_confirm=confirms.callback(body))
             if i % 25 == 24 and not cut.is_set():
-                pace.wait(0.02)  # about 1250 messages/s until the cut, then as fast as possible
+                # pacing the producer (about 1250 messages/s until the cut, then as fast as possible),
+                # not waiting for a condition
+                pace.wait(0.02)
 
     sender = threading.Thread(target=burst, daemon=True)
     sender.start()
 
     # When RabbitMQ closes its connection in the middle of the burst
-    eventually(lambda: confirms.total() >= 500, 15, "the first 500 confirms")
+    wait_until(lambda: confirms.total() >= 500, 15, "the first 500 confirms")
     close_connection(publisher.connection_name)
     sent_before_cut = confirms.total()
     cut.set()
-    sender.join(30)
+    sender.join(60)
+    assert not sender.is_alive(), "the burst did not end"
 
     # Then every message is confirmed exactly once, all of them true, and every one is in the queue
-    eventually(lambda: confirms.total() == 5000, 30, "5000 confirms")
-    assert sent_before_cut < 5000, "the connection was cut after the burst, not during it"
+    wait_until(lambda: confirms.total() == 5000, 30, "5000 confirms")
+    assert 500 <= sent_before_cut <= half, "the connection was cut after the burst, not during it"
     assert connectivity[:3] == [True, False, True]
     assert confirms.ok == set(bodies)
     assert set(confirms.calls.values()) == {1}
@@ -291,7 +297,6 @@ def test_messages_published_while_the_broker_is_unreachable_are_sent_when_it_is_
     amqp_proxy: Any,
     fresh_channel: Callable[[], Channel],
     drain_queue: Drain,
-    eventually: Eventually,
 ) -> None:
     # Given a publisher whose broker is unreachable (a proxy that is down)
     proxy = amqp_proxy
@@ -307,13 +312,13 @@ def test_messages_published_while_the_broker_is_unreachable_are_sent_when_it_is_
     # When messages are published, and later the broker is reachable again
     for body in (b"one", b"two", b"three"):
         publisher.publish("", execute, body, on_confirm=confirms.callback(body))
-    eventually(lambda: bool(connectivity), 10, "a connectivity report")
+    wait_until(lambda: bool(connectivity), 10, "a connectivity report")
     assert connectivity[0][0] is False
     assert publisher.pending() == 3
     proxy.start()
 
     # Then they are confirmed and arrive in order
-    eventually(lambda: confirms.total() == 3, 20, "three confirms")
+    wait_until(lambda: confirms.total() == 3, 20, "three confirms")
     assert confirms.ok == {b"one", b"two", b"three"}
     assert [body for _, body in drain_queue(fresh_channel(), execute)] == [b"one", b"two", b"three"]
     assert connectivity[-1] == (True, "")
@@ -327,20 +332,19 @@ def test_messages_in_flight_when_the_connection_dies_are_sent_again(
     fresh_channel: Callable[[], Channel],
     queue_depth: Callable[[Channel, str], int],
     drain_queue: Drain,
-    eventually: Eventually,
 ) -> None:
     # Given 200 messages that reached the broker but whose confirms never came back
     execute = topology_config.broker.execute_queue
     publisher = make_publisher(url=amqp_proxy.url(topology_config.broker.url))
     confirms = Confirms()
     publisher.publish("", execute, b"warm-up", on_confirm=confirms.callback(b"warm-up"))
-    eventually(lambda: confirms.total() == 1, 10, "the warm-up confirm")
+    wait_until(lambda: confirms.total() == 1, 10, "the warm-up confirm")
     amqp_proxy.freeze()
     bodies = [f"m{i}".encode() for i in range(200)]
     for body in bodies:
         publisher.publish("", execute, body, on_confirm=confirms.callback(body))
     channel = fresh_channel()
-    eventually(lambda: queue_depth(channel, execute) == 201, 10, "the messages in the queue")
+    wait_until(lambda: queue_depth(channel, execute) == 201, 10, "the messages in the queue")
     assert publisher.pending() == 200
 
     # When the connection dies and comes back
@@ -348,7 +352,7 @@ def test_messages_in_flight_when_the_connection_dies_are_sent_again(
     amqp_proxy.start()
 
     # Then all 200 are sent again and confirmed once each: at least once, duplicates allowed
-    eventually(lambda: confirms.total() == 201, 20, "201 confirms")
+    wait_until(lambda: confirms.total() == 201, 20, "201 confirms")
     assert confirms.ok == {b"warm-up", *bodies}
     assert set(confirms.calls.values()) == {1}
     arrived = [body for _, body in drain_queue(channel, execute)]
@@ -374,9 +378,7 @@ def test_a_message_whose_headers_cannot_be_encoded_is_refused_alone(
         publisher.publish(
             "", queue, b"ok", headers={"x-at": 15}, on_confirm=lambda ok, d: confirmed.append((ok, d))
         )
-        deadline = time.monotonic() + 10
-        while not confirmed and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: confirmed, 10, "the second message's confirm")
     finally:
         publisher.close(5)
     assert confirmed == [(True, "")]

@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import msgspec
 import pika
 import pika.exceptions
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel as Channel
+from support import wait_until
 
+from orchestrator.broker.names import retry_queue_name
 from orchestrator.broker.topology import (
     Step,
     declare_topology,
     delay_queue_type,
     explain,
     plan_topology,
-    retry_queue_name,
     status_topology,
 )
 from orchestrator.config import BrokerConfig, Config, StatusConfig
 from orchestrator.errors import BrokerError
 
-Channel = pika.adapters.blocking_connection.BlockingChannel
-Eventually = Callable[..., None]
 Depth = Callable[[Channel, str], int]
+
+
+def _holds_one(queue_depth: Depth, channel: Channel, queue: str) -> bool:
+    return queue_depth(channel, queue) == 1
+
 
 # --- the plan, without a broker --------------------------------------------------------------------
 
@@ -157,7 +163,6 @@ def _with_queue_type(config: Config, queue_type: str) -> Config:
 def test_declaring_twice_is_idempotent_and_routes_by_queue_name(
     topology_config: Config,
     fresh_channel: Callable[[], Channel],
-    eventually: Eventually,
     queue_depth: Depth,
 ) -> None:
     # Given the topology declared once (by the fixture)
@@ -172,7 +177,7 @@ def test_declaring_twice_is_idempotent_and_routes_by_queue_name(
     # Then every queue is still there and reachable through the exchange by its own name
     for queue in (config.broker.execute_queue, config.broker.dlq, config.status.queue):
         channel.basic_publish(config.broker.exchange, queue, b"hello")
-        eventually(lambda q=queue: queue_depth(channel, q) == 1, 5, f"a message in {queue}")
+        wait_until(partial(_holds_one, queue_depth, channel, queue), 5, f"a message in {queue}")
 
 
 @pytest.mark.services
@@ -181,7 +186,6 @@ def test_delay_queue_delivers_back_to_the_execute_queue_after_its_ttl(
     service_config: Config,
     queue_type: str,
     fresh_channel: Callable[[], Channel],
-    eventually: Eventually,
     queue_depth: Depth,
 ) -> None:
     # Given a 1 s retry tier
@@ -209,7 +213,7 @@ def test_delay_queue_delivers_back_to_the_execute_queue_after_its_ttl(
             return bool(got)
 
         # Then it comes back to the execute queue, not before its TTL, with its headers
-        eventually(arrived, 10, "the job back in the execute queue")
+        wait_until(arrived, 10, "the job back in the execute queue")
         assert time.monotonic() - sent_at >= 0.9
         properties, body = got[0]
         assert body == b'{"job": 1}'

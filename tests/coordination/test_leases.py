@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from functools import partial
 
 import pytest
+from support import holds_throughout, wait_until
 from tcp_proxy import TcpProxy
 
 from orchestrator.config import RedisConfig
@@ -21,7 +22,6 @@ from orchestrator.errors import CoordinationError
 from orchestrator.slots import CombinedSlots, GlobalSlots, LocalSlots
 
 from .hammering import HAMMER_THREADS, PeakCounter, hammer, run_threads
-from .waiting import holds_throughout, wait_until
 
 pytestmark = pytest.mark.services
 
@@ -111,22 +111,36 @@ def test_global_acquire_is_idempotent_and_a_double_release_frees_nothing(
     assert not first.try_acquire("d4"), "the double release must not have made room"
 
 
-def test_a_redelivered_deployment_takes_over_its_slot_in_the_other_process(
+def test_a_redelivered_deployment_counts_the_slot_the_other_process_holds(
     pools: list[GlobalSlots], client: RedisClient, prefix: str
 ) -> None:
-    # Given process A holds d1's slot, and the job is redelivered to process B
+    # Given process A holds d1's slot (it launched d1), and the job is redelivered to process B
     first = new_pool(pools, client, prefix, "proc-a", lease=10, renew_in_background=False)
     second = new_pool(pools, client, prefix, "proc-b", lease=10, renew_in_background=False)
     assert first.try_acquire("d1")
 
-    # When B acquires the same deployment, Then it still uses one slot, now B's
+    # When B acquires the same deployment, Then it may go on (d1 is counted), but A keeps the slot:
+    # taking it over would leave A's task running without one once B lets go (a leaked cap)
     assert second.try_acquire("d1")
-    assert first.global_holders() == {"d1": "proc-b"}
+    assert first.global_holders() == {"d1": "proc-a"}
+    assert second.held() == 0
+    assert not second.release("d1"), "B holds nothing to give back"
+    assert first.renew() == frozenset()
+    assert first.holders() == frozenset({"d1"})
 
-    # And A sees it lost the lease at its next renewal, and cannot free B's slot
-    assert first.renew() == frozenset({"d1"})
-    assert first.held() == 0
-    assert not first.release("d1")
+
+def test_the_slot_of_a_holder_whose_lease_expired_is_taken(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str
+) -> None:
+    # Given A held d1's slot and died (its lease of 1 s ran out unrenewed)
+    first = new_pool(pools, client, prefix, "proc-a", lease=1, renew_in_background=False)
+    second = new_pool(pools, client, prefix, "proc-b", lease=10, renew_in_background=False)
+    assert first.try_acquire("d1")
+    wait_until(lambda: first.global_holders() == {}, 5, "A's lease to expire")
+
+    # When B acquires d1, Then the slot is B's
+    assert second.try_acquire("d1")
+    assert second.global_holders() == {"d1": "proc-b"}
     assert second.holders() == frozenset({"d1"})
 
 
@@ -146,7 +160,7 @@ def test_renewal_keeps_a_live_holders_slots_past_several_lease_periods(
     # When A stops renewing without releasing (a crash), Then its leases expire on their own
     holder.close()
     started = time.monotonic()
-    assert wait_until(lambda: other.try_acquire("d3"), SHORT_LEASE + MARGIN)
+    wait_until(lambda: other.try_acquire("d3"), SHORT_LEASE + MARGIN, "d3 acquired once the lease ended")
     assert time.monotonic() - started <= SHORT_LEASE + MARGIN
 
 
@@ -187,7 +201,9 @@ def test_a_killed_process_loses_its_slots_after_the_lease(
         killed_at = time.monotonic()
 
         # Then its slots free themselves within one lease, and not at once
-        assert wait_until(lambda: survivor.try_acquire("d3"), lease + MARGIN, interval=0.05)
+        wait_until(
+            lambda: survivor.try_acquire("d3"), lease + MARGIN, "the dead holder's slot", interval=0.05
+        )
         freed_after = time.monotonic() - killed_at
         assert freed_after >= lease / 3, f"freed after {freed_after:.2f} s: the last renewal was still live"
         assert survivor.try_acquire("d4")
@@ -205,7 +221,7 @@ def test_renew_reports_a_lease_lost_to_expiry(
     slow = new_pool(pools, client, prefix, "proc-a", limit=1, lease=0.3, renew_in_background=False)
     other = new_pool(pools, client, prefix, "proc-b", limit=1, lease=10)
     assert slow.try_acquire("d1")
-    assert wait_until(lambda: other.try_acquire("d2"), 0.3 + MARGIN)
+    wait_until(lambda: other.try_acquire("d2"), 0.3 + MARGIN, "d2 acquired once the lease ended")
 
     # When A renews, Then it learns it lost d1, and releasing it frees nothing of B's
     assert slow.renew() == frozenset({"d1"})
@@ -218,7 +234,11 @@ def test_keys_vanish_with_the_last_lease(pools: list[GlobalSlots], client: Redis
     pool = new_pool(pools, client, prefix, "proc-a", lease=0.5, renew_in_background=False)
     assert pool.try_acquire("d1")
     assert client.exists(f"{prefix}:slots", f"{prefix}:slots:owners") == 2
-    assert wait_until(lambda: client.exists(f"{prefix}:slots", f"{prefix}:slots:owners") == 0, 0.5 + MARGIN)
+    wait_until(
+        lambda: client.exists(f"{prefix}:slots", f"{prefix}:slots:owners") == 0,
+        0.5 + MARGIN,
+        "the slot keys to expire",
+    )
 
 
 def test_a_shorter_lease_does_not_cut_anothers_lease_short(
@@ -231,7 +251,7 @@ def test_a_shorter_lease_does_not_cut_anothers_lease_short(
     assert brief.try_acquire("d2")
 
     # Then the short lease ends alone: the keys live as long as their longest lease
-    assert wait_until(lambda: steady.global_holders() == {"d1": "proc-a"}, 0.3 + MARGIN)
+    wait_until(lambda: steady.global_holders() == {"d1": "proc-a"}, 0.3 + MARGIN, "only d1 held, by proc-a")
     assert client.pttl(f"{prefix}:slots") > 5000
 
 
@@ -327,7 +347,7 @@ def test_slots_work_again_when_redis_comes_back(
 
             # When it is back, Then slots are given again and the recovery is reported
             proxy.start()
-            assert wait_until(lambda: pool.try_acquire("d2"), MARGIN)
+            wait_until(lambda: pool.try_acquire("d2"), MARGIN, "d2 acquired")
             assert [ok for ok, _ in seen.calls] == [True, False, True]
             assert set(pool.global_holders()) == {"d1", "d2"}, "d1's lease expires on its own"
         finally:
@@ -371,7 +391,7 @@ def test_a_live_instance_stays_alive_and_a_silent_one_expires(
     assert info is not None and b'"instance_id":"live"' in info
 
     # Then the silent one's lease expires on its own, while the live one's is renewed throughout
-    assert wait_until(lambda: not live.is_alive("silent"), 1 + MARGIN)
+    wait_until(lambda: not live.is_alive("silent"), 1 + MARGIN, "the silent instance to be dead")
     assert holds_throughout(lambda: live.is_alive("live"), 2.5, interval=0.1)
     assert live.alive() == {"live"}
     assert client.smembers(f"{prefix}:instances") == {b"live"}, "the dead id is pruned from the index"
@@ -395,7 +415,7 @@ def test_a_heartbeat_after_the_lease_lapsed_warns(
 ) -> None:
     registry = new_registry(registries, client, prefix, "late")
     assert registry.heartbeat()
-    assert wait_until(lambda: not registry.is_alive("late"), 1 + MARGIN)
+    wait_until(lambda: not registry.is_alive("late"), 1 + MARGIN, "the late instance to be dead")
     with caplog.at_level(logging.WARNING, logger="orchestrator.coordination"):
         assert registry.heartbeat()
     assert any("had expired" in r.getMessage() for r in caplog.records)
@@ -444,7 +464,7 @@ def test_an_orphan_claimed_by_a_dead_adopter_can_be_claimed_again(
     assert not rescuer.claim_orphan("task-1", "rescuer")
 
     # When the adopter dies too, Then its claim can be taken over
-    assert wait_until(lambda: not rescuer.is_alive("adopter"), 1 + MARGIN)
+    wait_until(lambda: not rescuer.is_alive("adopter"), 1 + MARGIN, "the adopter to be dead")
     assert rescuer.claim_orphan("task-1", "rescuer")
     assert client.get(f"{prefix}:adopt:task-1") == b"rescuer"
     ttl = client.ttl(f"{prefix}:adopt:task-1")
@@ -479,7 +499,7 @@ def test_an_expired_instance_is_reported_gone_to_exactly_one_caller(
     second.start()
     dead = new_registry(registries, client, prefix, "dead")
     assert dead.heartbeat()
-    assert wait_until(lambda: not first.is_alive("dead"), 1 + MARGIN)
+    wait_until(lambda: not first.is_alive("dead"), 1 + MARGIN, "the dead instance's lease to end")
     # When both observers look
     answers = [first.alive_and_gone(), second.alive_and_gone()]
     # Then both see the same live set, and exactly one of them is told the dead one is gone
@@ -501,3 +521,30 @@ def test_claim_says_new_mine_or_other_and_release_gives_it_up(
     assert b.claim("launch:d:1", "b") == "other"
     a.release_claim("launch:d:1", "a")
     assert b.claim("launch:d:1", "b") == "new"
+
+
+def test_after_redis_loses_every_key_holders_put_back_their_slots_before_new_ones_are_given(
+    pools: list[GlobalSlots], client: RedisClient, prefix: str
+) -> None:
+    # Given A holds both global slots (workers running), with a grace of 1 s after a loss of keys
+    holder = new_pool(
+        pools, client, prefix, "proc-a", limit=2, lease=10, renew_in_background=False, restart_grace_seconds=1
+    )
+    other = new_pool(
+        pools, client, prefix, "proc-b", limit=2, lease=10, renew_in_background=False, restart_grace_seconds=1
+    )
+    wait_until(lambda: holder.try_acquire("d1"), 1 + MARGIN, "the first grace (a fresh prefix)")
+    assert holder.try_acquire("d2")
+
+    # When Redis restarts empty
+    client.delete(*client.keys(f"{prefix}:*"))
+
+    # Then B gets no slot during the grace, A's renewal puts both of its slots back ...
+    assert not other.try_acquire("d3")
+    assert holder.renew() == frozenset()
+    assert holder.global_holders() == {"d1": "proc-a", "d2": "proc-a"}
+    # ... and once the grace is over, the limit is counted with them: still no room for B
+    wait_until(lambda: client.exists(f"{prefix}:slots:grace") == 0, 1 + MARGIN, "the grace to end")
+    assert not other.try_acquire("d3")
+    assert holder.release("d1")
+    assert other.try_acquire("d3")

@@ -8,18 +8,20 @@ from collections.abc import Callable
 from functools import partial
 
 import pytest
+from support import wait_until
 
 from orchestrator.coordination import (
     ConnectivityReporter,
+    DoneMarkers,
     InstanceRegistry,
     RedisClient,
     StopMarkers,
+    attempt_done_key,
     instance_id,
 )
 from orchestrator.errors import CoordinationError
 
 from .hammering import run_threads
-from .waiting import wait_until
 
 TAG_VALUE = re.compile(r"^[A-Za-z0-9_.:/=+@ -]{1,256}$")
 
@@ -85,7 +87,7 @@ def test_stop_marker_is_seen_by_every_process_and_expires(client: RedisClient, p
     StopMarkers(client, prefix).mark("d1", 1)
     elsewhere = StopMarkers(client, prefix)
     assert elsewhere.is_marked("d1")
-    assert wait_until(lambda: not elsewhere.is_marked("d1"), 3.0)
+    wait_until(lambda: not elsewhere.is_marked("d1"), 3.0, "the marker to expire")
 
 
 @pytest.mark.services
@@ -150,3 +152,29 @@ def test_markers_raise_coordination_errors_while_redis_is_unreachable(
             call()
         assert "hunter2secret" not in str(caught.value)
         assert "Redis failed while" in str(caught.value)
+
+
+# --- the fence of a process that lagged behind its lease -------------------------------------------
+
+
+@pytest.mark.services
+def test_tasks_adopted_or_finished_elsewhere_are_fenced_off(client: RedisClient, prefix: str) -> None:
+    # Given a process that lagged: one of its tasks was adopted by another process, one finished
+    # elsewhere (done marker), one's attempt finished elsewhere, and one is still its own
+    slow = InstanceRegistry(client, prefix, "slow", 30)
+    adopter = InstanceRegistry(client, prefix, "adopter", 30)
+    adopter.start()
+    done = DoneMarkers(client, prefix)
+    try:
+        assert adopter.claim_orphan("t-adopted", "adopter")
+        assert slow.claim_orphan("t-reclaimed", "slow")
+        done.mark_all(["t-finished", attempt_done_key("d-3", 1)], 60)
+        tasks = ["t-adopted", "t-finished", "t-attempt-done", "t-mine", "t-reclaimed"]
+        attempts = [attempt_done_key(f"d-{n}", 1) for n in range(1, 6)]
+
+        # When it is about to publish their outcomes, Then only its own are left to it
+        taken = slow.handled_elsewhere(tasks, done, attempts)
+    finally:
+        adopter.stop()
+    assert taken == {"t-adopted", "t-finished", "t-attempt-done"}
+    assert slow.handled_elsewhere([], done, []) == set()

@@ -8,13 +8,18 @@ from functools import partial
 
 import msgspec
 import pytest
+from support import wait_until
 
 from orchestrator.config import DEFAULT_REDIS_KEY_PREFIX, Config, load_config
 from orchestrator.coordination import RedisClient
 from orchestrator.errors import ConfigError
 from orchestrator.slots import CombinedSlots, GlobalSlots, LocalSlots, make_slot_pool
+from orchestrator.slots.global_slots import STALL_FRACTION
 
 from .hammering import HAMMER_ROUNDS, HAMMER_THREADS, PeakCounter, hammer, run_threads
+
+#: Room for a slow, shared machine on top of the waits under test.
+MARGIN = 1.5
 
 # --- LocalSlots (plain logic, no services) --------------------------------------------------------
 
@@ -79,6 +84,30 @@ def test_local_limit_must_be_positive(limit: int) -> None:
 
 
 # --- CombinedSlots --------------------------------------------------------------------------------
+
+
+@pytest.mark.services
+def test_global_leases_are_not_counted_on_after_a_stall_past_most_of_a_lease(
+    client: RedisClient, prefix: str
+) -> None:
+    slots = GlobalSlots(client, prefix, "proc-a", 2, 3, renew_in_background=False)
+    try:
+        assert slots.try_acquire("dep-1")
+        assert slots.holds_surely("dep-1"), "no renewal yet (no renewal thread): nothing to judge by"
+        assert not slots.holds_surely("dep-2"), "not held"
+        slots.renew()
+        assert slots.holds_surely("dep-1")
+        # No renewal has reached Redis for most of a lease: the process was stopped.
+        slots._renewal_started = time.monotonic() - 3 * STALL_FRACTION - 0.01
+        assert not slots.fresh() and not slots.holds_surely("dep-1")
+        slots.renew()
+        assert slots.holds_surely("dep-1")
+        # A lease lost meanwhile (expired, taken over) is removed by the renewal that finds it.
+        client.zrem(f"{prefix}:slots", "dep-1")
+        slots.renew()
+        assert not slots.holds_surely("dep-1")
+    finally:
+        slots.close()
 
 
 @pytest.fixture
@@ -171,12 +200,18 @@ def test_factory_with_a_global_limit_needs_a_client() -> None:
 
 @pytest.mark.services
 def test_factory_with_a_global_limit_combines_both(client: RedisClient, prefix: str) -> None:
-    # Given a local limit of 3 and a global limit of 2 under the configured key prefix
-    pool = make_slot_pool(config_with(3, 2, prefix), "proc-a", client, None)
+    # Given a local limit of 3 and a global limit of 2 under the configured key prefix (1 s leases)
+    config = config_with(3, 2, prefix)
+    config = msgspec.structs.replace(config, limits=msgspec.structs.replace(config.limits, lease_seconds=1))
+    pool = make_slot_pool(config, "proc-a", client, None)
     try:
         assert isinstance(pool, CombinedSlots)
-        # Then the tighter global limit applies, and the leases live under the prefix
-        assert pool.try_acquire("d1")
+        # Then a Redis that never held (or lost) the slot ledger hands out none for half a lease, so
+        # that the holders of running workers can put theirs back first
+        assert not pool.try_acquire("d1")
+        assert pool.held() == 0, "no local slot is left taken either"
+        wait_until(lambda: pool.try_acquire("d1"), 0.5 + MARGIN, "d1 acquired")
+        # And then the tighter global limit applies, and the leases live under the prefix
         assert pool.try_acquire("d2")
         assert not pool.try_acquire("d3")
         assert client.zcard(f"{prefix}:slots") == 2

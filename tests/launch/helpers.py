@@ -1,32 +1,17 @@
-"""Helpers of the launch tests: polling with a deadline, configs, local git repositories."""
+"""Helpers of the launch tests: configs, local git repositories, a Fargate network in moto."""
 
 from __future__ import annotations
 
+import json
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
+
+import msgspec
 
 from orchestrator.config import Config, load_config
-
-POLL_SECONDS = 0.02
-_pause = threading.Event()  # never set: wait() is a pause that cannot outlive its timeout
-
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = POLL_SECONDS) -> T:
-    """Poll ``probe`` until it returns something truthy, and return that; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
-        _pause.wait(interval)
+from orchestrator.launch.local_files import parse_task_file
 
 
 def config_from(environ: Mapping[str, str]) -> Config:
@@ -79,3 +64,8 @@ def fargate_network(
         ],
     )["taskDefinition"]["taskDefinitionArn"]
     return FargateNetwork(subnet, group, task_definition)
+
+
+def task_record(path: Path) -> dict[str, Any]:
+    """The record of a local task file as a dict of its wire names, with the pid line applied."""
+    return json.loads(msgspec.json.encode(parse_task_file(path.read_bytes()).record))  # type: ignore[no-any-return]

@@ -17,7 +17,7 @@ from moto.moto_api import state_manager
 
 from orchestrator import metrics
 from orchestrator.errors import CapacityError, ConfigError, PermanentLaunchError, ThrottledError
-from orchestrator.launch.base import LaunchRequest, TaskHandle, client_token, make_launcher
+from orchestrator.launch.base import LaunchRequest, TaskHandle, client_token, job_digest, make_launcher
 from orchestrator.launch.ecs import EcsLauncher
 from orchestrator.launch.errors import AmbiguousLaunchError
 from orchestrator.messages import BuildJob, DeployJob, SourceJob
@@ -77,7 +77,8 @@ def test_fargate_run_task_carries_launch_type_network_overrides_token_and_tags(e
     launcher = EcsLauncher(config_from(ecs_world.environ()), "FARGATE")
     sent = capture(launcher, "RunTask")
 
-    handle = launcher.launch(request_for())
+    request = request_for()
+    handle = launcher.launch(request)
 
     [params] = sent
     assert params["launchType"] == "FARGATE"
@@ -115,6 +116,7 @@ def test_fargate_run_task_carries_launch_type_network_overrides_token_and_tags(e
         "deadline": f"{NOW + 7200:.0f}",
         "instance": "orch-a",
         "launcher": "fargate",
+        "jobDigest": job_digest(request.job),
     }
     assert "placementConstraints" not in params
     assert handle.task_id.startswith("arn:aws:ecs:")

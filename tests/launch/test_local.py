@@ -13,16 +13,20 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from support import wait_until
 
 from orchestrator.config import Config
 from orchestrator.launch.base import LaunchRequest, TaskHandle, TaskState, make_launcher
 from orchestrator.launch.local import LocalLauncher, file_id_of, process_start_time
 from orchestrator.messages import BuildJob, SourceJob
 
-from .helpers import config_from, make_repo, wait_for
+from .helpers import config_from, make_repo, task_record
 
 DOCKERFILE = "FROM alpine:3.20\nRUN echo built\n"
 WAIT = 30.0
+#: What these tests set for the worker in their own environment: the worker gets only what
+#: ``local.pass_env`` names (besides PATH, HOME, ...).
+WORKER_KNOBS = "DOCKER_HOST,WORKER_SLEEP_SECONDS,WORKER_EXIT_CODE"
 
 
 @pytest.fixture
@@ -32,7 +36,11 @@ def repo(tmp_path: Path) -> str:
 
 
 def local_config(state_dir: Path, command: str | None = None, grace: float = 5.0) -> Config:
-    environ = {"ORCH_LOCAL_STATE_DIR": str(state_dir), "ORCH_LOCAL_STOP_GRACE_SECONDS": str(grace)}
+    environ = {
+        "ORCH_LOCAL_STATE_DIR": str(state_dir),
+        "ORCH_LOCAL_STOP_GRACE_SECONDS": str(grace),
+        "ORCH_LOCAL_PASS_ENV": WORKER_KNOBS,
+    }
     if command is not None:
         environ["ORCH_LOCAL_COMMAND"] = command
     return config_from(environ)
@@ -67,7 +75,7 @@ def test_reference_worker_succeeds_and_its_output_is_logged(
     assert isinstance(launcher, LocalLauncher)
     handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository=repo)))
 
-    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
 
     assert (state.phase, state.exit_code, state.reason) == ("stopped", 0, None)
     assert handle.task_id == "dep-1-1"
@@ -84,7 +92,7 @@ def test_forced_exit_code_is_the_task_result(
     launcher = LocalLauncher(local_config(state_dir))
     handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository=repo)))
 
-    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
 
     assert (state.phase, state.exit_code) == ("stopped", 3)
 
@@ -108,7 +116,7 @@ def test_a_restarted_launcher_finds_the_running_task_and_reads_its_exit_code(
     assert restarted.find("dep-1", 1) is None
     [state] = restarted.describe([found])
     assert state.phase == "running"
-    final = wait_for(lambda: ended(restarted, found), WAIT, "the worker to end")
+    final = wait_until(lambda: ended(restarted, found), WAIT, "the worker to end")
     assert (final.phase, final.exit_code) == ("stopped", 7)
 
 
@@ -118,12 +126,12 @@ def test_stop_terminates_a_sleeping_worker(
     monkeypatch.setenv("WORKER_SLEEP_SECONDS", "300")
     launcher = LocalLauncher(local_config(state_dir))
     handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository=repo)))
-    wait_for(lambda: "done" in log_text(launcher, handle), WAIT, "the worker to reach its sleep")
+    wait_until(lambda: "done" in log_text(launcher, handle), WAIT, "the worker to reach its sleep")
     started = time.monotonic()
 
     launcher.stop(handle, "ran longer than the maximum runtime")
 
-    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to stop")
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the worker to stop")
     assert time.monotonic() - started < 5, "SIGTERM, not the grace period's SIGKILL, ended it"
     assert state.phase == "stopped"
     assert state.exit_code == 128 + signal.SIGTERM
@@ -139,11 +147,11 @@ def test_stop_kills_a_worker_that_ignores_sigterm_after_the_grace_period(state_d
     )
     launcher = LocalLauncher(local_config(state_dir, command=stubborn, grace=0.5))
     handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
-    wait_for(lambda: "ignoring SIGTERM" in log_text(launcher, handle), WAIT, "the worker to start")
+    wait_until(lambda: "ignoring SIGTERM" in log_text(launcher, handle), WAIT, "the worker to start")
 
     launcher.stop(handle, "stop on request")
 
-    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to be killed")
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the worker to be killed")
     assert state.phase == "stopped"
     assert state.exit_code == 128 + signal.SIGKILL
     assert state.reason == "stopped: stop on request"
@@ -152,7 +160,7 @@ def test_stop_kills_a_worker_that_ignores_sigterm_after_the_grace_period(state_d
 def test_stopping_a_task_that_already_ended_keeps_its_own_result(state_dir: Path) -> None:
     launcher = LocalLauncher(local_config(state_dir, command=python_command("raise SystemExit(4)")))
     handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
-    wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
 
     launcher.stop(handle, "too late")
 
@@ -164,7 +172,7 @@ def test_job_fields_reach_the_worker_as_literal_environment_variables(
     state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ORCH_BROKER_URL", "amqp://orch:hunter2@mq.internal:5672/%2F")
-    monkeypatch.setenv("UNRELATED_SETTING", "kept")
+    monkeypatch.setenv("UNRELATED_SETTING", "not passed")
     canary = tmp_path / "pwned"
     dump_env = python_command("import json, os; print(json.dumps(dict(os.environ)))")
     launcher = LocalLauncher(local_config(state_dir, command=dump_env))
@@ -180,7 +188,7 @@ def test_job_fields_reach_the_worker_as_literal_environment_variables(
     )
 
     handle = launcher.launch(request_for(job, attempt=3))
-    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
 
     assert state.exit_code == 0
     env = json.loads(log_text(launcher, handle))
@@ -191,7 +199,7 @@ def test_job_fields_reach_the_worker_as_literal_environment_variables(
     assert env["COMPOSE_FILE_PATH"] == "docker-compose.yml"
     assert (env["DEPLOYMENT_ID"], env["JOB_TYPE"], env["ATTEMPT"]) == ("dep-1", "build", "3")
     assert (env["PORT_NUMBER"], env["AUTO_DEPLOY"]) == ("3000", "true")
-    assert env["UNRELATED_SETTING"] == "kept"
+    assert "UNRELATED_SETTING" not in env, "only an allow-list of the orchestrator's environment"
     assert not any(name.startswith("ORCH_") for name in env), "orchestrator settings (secrets) stay out"
     assert not canary.exists()
 
@@ -204,7 +212,7 @@ def test_the_reference_worker_clones_a_hostile_branch_name_literally(
     job = BuildJob(deployment_id="dep-1", repository=repo, branch=f"main;touch {canary}")
 
     handle = launcher.launch(request_for(job))
-    state = wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
 
     assert state.exit_code == 10  # no such branch: the clone failed, nothing ran
     assert f"branch 'main;touch {canary}'" in log_text(launcher, handle)
@@ -227,7 +235,7 @@ def test_launching_the_same_attempt_twice_starts_one_process(
         assert records == ["dep-1-1.json"]
     finally:
         launcher.stop(first, "test over")
-        wait_for(lambda: ended(launcher, first), WAIT, "the worker to stop")
+        wait_until(lambda: ended(launcher, first), WAIT, "the worker to stop")
 
 
 def test_a_task_killed_without_an_exit_status_is_missing(
@@ -236,11 +244,11 @@ def test_a_task_killed_without_an_exit_status_is_missing(
     monkeypatch.setenv("WORKER_SLEEP_SECONDS", "300")
     launcher = LocalLauncher(local_config(state_dir))
     handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository=repo)))
-    record = json.loads((state_dir / "tasks" / "dep-1-1.json").read_text())
+    record = task_record(state_dir / "tasks" / "dep-1-1.json")
 
     os.killpg(record["pid"], signal.SIGKILL)  # what a host crash or the OOM killer does
 
-    state = wait_for(lambda: ended(launcher, handle), WAIT, "the task to vanish")
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the task to vanish")
     assert state.phase == "missing"
     assert state.reason is not None and "without recording an exit status" in state.reason
 
@@ -248,12 +256,12 @@ def test_a_task_killed_without_an_exit_status_is_missing(
 def test_a_reused_pid_is_not_mistaken_for_the_task(state_dir: Path) -> None:
     launcher = LocalLauncher(local_config(state_dir, command=python_command("pass")))
     handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
-    wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
     path = state_dir / "tasks" / "dep-1-1.json"
-    record = json.loads(path.read_text())
-    (state_dir / "tasks" / "dep-1-1.exit").unlink()
+    record = task_record(path)
 
-    # This test process is alive, but it started at another time than the recorded one.
+    # This test process is alive, but it started at another time than the recorded one (and the
+    # file, rewritten as a bare record, no longer has the exit line).
     record["pid"] = os.getpid()
     path.write_text(json.dumps(record))
     assert process_start_time(os.getpid()) != record["startTime"]
@@ -265,7 +273,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_task(state_dir: Path) -> None:
 def test_forget_removes_the_records_but_keeps_the_log(state_dir: Path) -> None:
     launcher = LocalLauncher(local_config(state_dir, command=python_command("print('hello')")))
     handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
-    wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
 
     launcher.forget(handle)
 
@@ -288,7 +296,7 @@ def test_forget_leaves_a_running_task_alone(
         assert launcher.find("dep-1", 1) == handle
     finally:
         launcher.stop(handle, "test over")
-        wait_for(lambda: ended(launcher, handle), WAIT, "the worker to stop")
+        wait_until(lambda: ended(launcher, handle), WAIT, "the worker to stop")
 
 
 def test_an_unsafe_deployment_id_still_gets_a_safe_file_name(state_dir: Path) -> None:
@@ -296,7 +304,7 @@ def test_an_unsafe_deployment_id_still_gets_a_safe_file_name(state_dir: Path) ->
     job = BuildJob(deployment_id="../../etc/passwd", repository="file:///none")
 
     handle = launcher.launch(request_for(job))
-    wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
 
     assert handle.task_id == "../../etc/passwd-1"
     [record] = (state_dir / "tasks").glob("*.json")
@@ -312,7 +320,7 @@ def test_the_record_holds_what_a_restart_needs(state_dir: Path) -> None:
 
     handle = launcher.launch(request)
 
-    record = json.loads((state_dir / "tasks" / "dep-1-4.json").read_text())
+    record = task_record(state_dir / "tasks" / "dep-1-4.json")
     assert record["pid"] > 0 and record["startTime"] > 0
     assert record["attempt"] == 4
     assert record["instanceId"] == "orch-a"
@@ -321,7 +329,7 @@ def test_the_record_holds_what_a_restart_needs(state_dir: Path) -> None:
     assert msgspec.json.decode(json.dumps(record["job"])) == msgspec.to_builtins(request.job) | {
         "type": "build"
     }
-    wait_for(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
 
 
 def test_a_task_outlives_the_orchestrator_killed_with_its_process_group(
@@ -345,6 +353,7 @@ def test_a_task_outlives_the_orchestrator_killed_with_its_process_group(
     env = {
         **os.environ,
         "ORCH_LOCAL_STATE_DIR": str(state_dir),
+        "ORCH_LOCAL_PASS_ENV": WORKER_KNOBS,
         "WORKER_SLEEP_SECONDS": "3",
         "WORKER_EXIT_CODE": "0",
     }
@@ -358,7 +367,7 @@ def test_a_task_outlives_the_orchestrator_killed_with_its_process_group(
             start_new_session=True,
         )
     try:
-        wait_for(lambda: "launched" in output.read_text(), WAIT, "the orchestrator to launch")
+        wait_until(lambda: "launched" in output.read_text(), WAIT, "the orchestrator to launch")
 
         # When the orchestrator's whole process group is killed (supervisord's killasgroup)
         os.killpg(process.pid, signal.SIGKILL)
@@ -370,10 +379,49 @@ def test_a_task_outlives_the_orchestrator_killed_with_its_process_group(
         assert handle is not None
         [state] = restarted.describe([handle])
         assert state.phase == "running"
-        final = wait_for(lambda: ended(restarted, handle), WAIT, "the task to end")
+        final = wait_until(lambda: ended(restarted, handle), WAIT, "the task to end")
         assert (final.phase, final.exit_code) == ("stopped", 0)
         assert "✅ build dep-1 done" in log_text(restarted, handle)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(WAIT)
+
+
+def test_a_task_file_counts_only_whole_lines_and_the_last_exit(state_dir: Path) -> None:
+    launcher = LocalLauncher(local_config(state_dir, command="true"))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
+    wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    path = state_dir / "tasks" / "dep-1-1.json"
+    # The record, then the pid and the exit status in either order (``true`` may end before the
+    # launcher has added its pid), each a whole line.
+    first, *lines, last = path.read_bytes().split(b"\n")
+    assert first.startswith(b"{") and last == b""
+    assert sorted(line.split(b" ")[0] for line in lines) == [b"exit", b"pid"] and b"exit 0" in lines
+
+    # A line still being written (no newline yet) is not read; of two exit lines the last counts
+    # (a wrapper that outlived the SIGKILL the launcher recorded first).
+    with path.open("ab") as f:
+        f.write(b"exit 137\nexit 3")
+    [state] = launcher.describe([handle])
+    assert (state.phase, state.exit_code) == ("stopped", 137)
+    with path.open("ab") as f:
+        f.write(b"\n")
+    [state] = launcher.describe([handle])
+    assert (state.phase, state.exit_code) == ("stopped", 3)
+
+
+def test_a_task_of_the_previous_file_layout_is_still_judged(state_dir: Path) -> None:
+    # Before task files were appended to, the record was rewritten whole with the pid, and the
+    # wrapper wrote the exit status to <id>.exit: a restarted orchestrator still reads those.
+    launcher = LocalLauncher(local_config(state_dir, command="true"))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
+    wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    path = state_dir / "tasks" / "dep-1-1.json"
+    path.write_text(json.dumps(task_record(path)))
+    (state_dir / "tasks" / "dep-1-1.exit").write_text("5\n")
+
+    [state] = LocalLauncher(local_config(state_dir, command="true")).describe([handle])
+    assert (state.phase, state.exit_code) == ("stopped", 5)
+    launcher.forget(handle)
+    assert sorted(p.name for p in (state_dir / "tasks").iterdir()) == []

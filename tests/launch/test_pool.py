@@ -7,14 +7,14 @@ import time
 from collections.abc import Iterator, Sequence
 
 import pytest
+from prometheus_client import REGISTRY
+from support import wait_until
 
 from orchestrator.errors import CapacityError, LaunchError, PermanentLaunchError, ThrottledError
 from orchestrator.launch.base import LaunchRequest, TaskHandle, TaskState
 from orchestrator.launch.errors import LaunchCancelledError
 from orchestrator.launch.pool import LaunchPool, TokenBucket
 from orchestrator.messages import BuildJob, SourceJob
-
-from .helpers import wait_for
 
 WAIT = 10.0
 
@@ -219,10 +219,10 @@ def test_pool_keeps_at_most_max_inflight_launches_in_flight(pools: list[LaunchPo
         pool.submit(request(f"dep-{i}"), results)
     submit_seconds = time.monotonic() - started
 
-    wait_for(lambda: launcher.current == 4, WAIT, "4 launches in flight")
+    wait_until(lambda: launcher.current == 4, WAIT, "4 launches in flight")
     assert pool.inflight() == 25
     gate.set()
-    wait_for(lambda: results.count == 25, WAIT, "every on_done")
+    wait_until(lambda: results.count == 25, WAIT, "every on_done")
 
     assert submit_seconds < 0.5, "submit must not block on the launches"
     assert launcher.max_seen == 4
@@ -244,15 +244,15 @@ def test_pool_spends_one_token_per_launch(pools: list[LaunchPool]) -> None:
 
     for i in range(5):
         pool.submit(request(f"dep-{i}"), results)
-    wait_for(lambda: results.count == 2, WAIT, "the burst of 2")
+    wait_until(lambda: results.count == 2, WAIT, "the burst of 2")
     assert len(launcher.calls) == 2
 
     clock.now += 1.0  # one more token
-    wait_for(lambda: results.count == 3, WAIT, "one launch per token")
+    wait_until(lambda: results.count == 3, WAIT, "one launch per token")
     assert len(launcher.calls) == 3
 
     clock.now += 2.0
-    wait_for(lambda: results.count == 5, WAIT, "the rest")
+    wait_until(lambda: results.count == 5, WAIT, "the rest")
 
 
 def test_throttling_is_retried_inside_the_pool(pools: list[LaunchPool]) -> None:
@@ -264,11 +264,35 @@ def test_throttling_is_retried_inside_the_pool(pools: list[LaunchPool]) -> None:
     results = Results()
 
     pool.submit(request("dep-1"), results)
-    wait_for(lambda: results.count == 1, WAIT, "on_done")
+    wait_until(lambda: results.count == 1, WAIT, "on_done")
 
     assert isinstance(results.by_deployment["dep-1"], TaskHandle)
     assert launcher.calls == ["dep-1"] * 3
     assert results.count == 1
+
+
+def test_each_launch_call_is_timed_in_the_launch_duration_histogram(pools: list[LaunchPool]) -> None:
+    # Two throttled calls and a successful one: three calls, each timed on its own (the backoff
+    # between them is not launch time).
+    launcher = FakeLauncher(
+        script={"timed-1": [ThrottledError("Rate exceeded"), ThrottledError("Rate exceeded")]}
+    )
+    launcher.name = "timed-fake"
+    pool = LaunchPool(launcher, max_inflight=1, rate=1000.0, burst=1000, backoff_base=0.2, backoff_max=0.2)
+    pools.append(pool)
+    results = Results()
+    labels = {"launcher": "timed-fake"}
+
+    def sample(suffix: str) -> float:
+        value = REGISTRY.get_sample_value(f"orchestrator_launch_duration_seconds_{suffix}", labels)
+        return value or 0.0
+
+    before_count, before_sum = sample("count"), sample("sum")
+    pool.submit(request("timed-1"), results)
+    wait_until(lambda: results.count == 1, WAIT, "on_done")
+
+    assert sample("count") - before_count == 3
+    assert sample("sum") - before_sum < 0.2, "two backoffs of 0.2 s were counted as launch time"
 
 
 def test_persistent_throttling_reaches_on_done_after_the_bound(pools: list[LaunchPool]) -> None:
@@ -286,7 +310,7 @@ def test_persistent_throttling_reaches_on_done_after_the_bound(pools: list[Launc
     results = Results()
 
     pool.submit(request("dep-1"), results)
-    wait_for(lambda: results.count == 1, WAIT, "on_done")
+    wait_until(lambda: results.count == 1, WAIT, "on_done")
 
     assert isinstance(results.by_deployment["dep-1"], ThrottledError)
     assert launcher.calls == ["dep-1"] * 3
@@ -315,7 +339,7 @@ def test_errors_never_escape_and_other_launch_errors_pass_through(pools: list[La
 
     for name in ("bug", "bad", "full", "fine"):
         pool.submit(request(name), results)
-    wait_for(lambda: results.count == 4, WAIT, "every on_done")
+    wait_until(lambda: results.count == 4, WAIT, "every on_done")
 
     bug = results.by_deployment["bug"]
     assert type(bug) is LaunchError and "RuntimeError" in str(bug) and "launcher bug" in str(bug)
@@ -335,7 +359,7 @@ def test_a_failing_on_done_does_not_stop_the_pool(pools: list[LaunchPool]) -> No
 
     pool.submit(request("dep-1"), explode)
     pool.submit(request("dep-2"), results)
-    wait_for(lambda: results.count == 1, WAIT, "the second on_done")
+    wait_until(lambda: results.count == 1, WAIT, "the second on_done")
 
     assert pool.inflight() == 0
 
@@ -346,13 +370,13 @@ def test_close_cancels_queued_requests_and_lets_running_ones_finish() -> None:
     pool = LaunchPool(launcher, max_inflight=1, rate=1000.0, burst=1000)
     results = Results()
     pool.submit(request("running"), results)
-    wait_for(lambda: launcher.current == 1, WAIT, "the first launch to start")
+    wait_until(lambda: launcher.current == 1, WAIT, "the first launch to start")
     pool.submit(request("queued-1"), results)
     pool.submit(request("queued-2"), results)
 
     closer = threading.Thread(target=pool.close, args=(WAIT,))
     closer.start()
-    wait_for(lambda: results.count == 2, WAIT, "queued requests cancelled")
+    wait_until(lambda: results.count == 2, WAIT, "queued requests cancelled")
     gate.set()
     closer.join(WAIT)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from orchestrator import worker
 from orchestrator.launch.base import (
@@ -18,7 +19,7 @@ from orchestrator.launch.base import (
 )
 from orchestrator.messages import BuildJob, DeployJob, TestJob
 
-from .helpers import make_repo, wait_for
+from .helpers import make_repo
 
 TIMEOUT = 60.0
 
@@ -277,7 +278,7 @@ def test_sigterm_ends_a_sleeping_worker_with_143(repo: str, workdir: Path, tmp_p
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_for(lambda: "done" in output.read_text(), TIMEOUT, "the worker to reach its sleep")
+            wait_until(lambda: "done" in output.read_text(), TIMEOUT, "the worker to reach its sleep")
             process.send_signal(signal.SIGTERM)
             assert process.wait(TIMEOUT) == worker.EXIT_TERMINATED
         finally:

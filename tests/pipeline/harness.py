@@ -8,11 +8,12 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import pika
 import redis
+from support import DEFAULT_WAIT_SECONDS, wait_until
 
 from orchestrator.config import Config
 from orchestrator.launch.base import Launcher
@@ -21,7 +22,6 @@ from orchestrator.pipeline import register_pipeline
 from orchestrator.runtime.health import HealthBoard
 from orchestrator.runtime.supervisor import Supervisor
 
-DEFAULT_WAIT = 30.0
 REPOSITORY = "https://github.com/blacktree-dev/app.git"
 
 
@@ -41,8 +41,8 @@ def own_connections(role: str = "") -> str:
     return f"{role} {socket.gethostname()} pid={os.getpid()} ".lstrip()
 
 
-def close_connections_named(fragment: str) -> int:
-    """Close, from the broker's side, every connection whose client properties contain ``fragment``."""
+def connection_pids(*fragments: str) -> list[str]:
+    """The broker's pids of the connections whose client properties contain any of ``fragments``."""
     listed = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
         capture_output=True,
@@ -50,19 +50,15 @@ def close_connections_named(fragment: str) -> int:
         check=True,
         timeout=60,
     ).stdout
-    pids = [line.split("\t", 1)[0] for line in listed.splitlines() if fragment in line]
+    return [line.split("\t", 1)[0] for line in listed.splitlines() if any(f in line for f in fragments)]
+
+
+def close_connections_named(fragment: str) -> int:
+    """Close, from the broker's side, every connection whose client properties contain ``fragment``."""
+    pids = connection_pids(fragment)
     for pid in pids:
         subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True, timeout=60)
     return len(pids)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = DEFAULT_WAIT, what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail the test with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Running(NamedTuple):
@@ -210,7 +206,7 @@ class EventCollector:
         return next((e for e in self.events(deployment_id, source) if e.terminal), None)
 
     def wait_terminal(
-        self, deployment_id: str, timeout: float = DEFAULT_WAIT, source: str = "amqp"
+        self, deployment_id: str, timeout: float = DEFAULT_WAIT_SECONDS, source: str = "amqp"
     ) -> StatusEvent:
         wait_until(
             lambda: self.terminal(deployment_id, source) is not None, timeout, f"{deployment_id} to end"

@@ -7,22 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import msgspec
+from support import WaitTimeoutError, free_port, wait_until
 
 from orchestrator.config import Config
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config_environment(config: Config) -> dict[str, str]:
@@ -73,19 +67,53 @@ class OrchestratorProcess:
             return False
 
     def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"orchestrator exited with {self.process.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"/health not 200 within {timeout} s:\n{self.log()}")
-            time.sleep(0.1)
+        """Wait until /health answers 200; fail at once if the process exits, with its log either way."""
+        process = self.process
+        assert process is not None
+
+        def healthy_or_exited() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"orchestrator exited with {process.returncode}:\n{self.log()}")
+            return self.healthy()
+
+        try:
+            wait_until(healthy_or_exited, timeout, f"/health on port {self.port} to answer 200", interval=0.1)
+        except WaitTimeoutError as e:
+            raise WaitTimeoutError(f"{e}\n{self.log()}") from None
+
+    @property
+    def pid(self) -> int:
+        """The process id (started processes only)."""
+        assert self.process is not None
+        return int(self.process.pid)
+
+    def connection_fragment(self) -> str:
+        """What identifies this process's broker connections in ``rabbitmqctl list_connections``
+        (every connection is named ``... <host> pid=<pid> <suffix>``)."""
+        return f"{socket.gethostname()} pid={self.pid} "
 
     def kill9(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stalls (no thread runs, its sockets stay open) until :meth:`resume`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def metrics(self) -> str | None:
+        """The text of ``GET /metrics``; None when the process does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
+                return str(response.read().decode())
+        except (urllib.error.URLError, OSError):
+            return None
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM and wait; returns the exit code."""

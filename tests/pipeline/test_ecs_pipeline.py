@@ -32,7 +32,7 @@ from launch import conftest as launch_fixtures
 from launch.conftest import CLUSTER, CONTAINER, REGION, STARTED_BY, EcsWorld
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ecs.models import ecs_backends
-from support import unique, with_overrides
+from support import unique, wait_until, with_overrides
 
 from orchestrator.config import Config, load_config
 from orchestrator.launch.base import client_token
@@ -49,7 +49,6 @@ from .harness import (
     queue_depth,
     running_pipeline,
     stop_job,
-    wait_until,
 )
 
 pytestmark = pytest.mark.services
@@ -327,6 +326,7 @@ def test_a_fargate_build_is_launched_as_configured_then_runs_and_succeeds(
             "launcher",
             "startDeadline",
             "deadline",
+            "jobDigest",
         }
         assert (tags["deploymentId"], tags["attempt"], tags["type"], tags["launcher"]) == (
             "ecs-ok",

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import msgspec
 import pytest
-from support import with_overrides
+import redis
+from support import holds_throughout, wait_until, with_overrides
 
+from orchestrator.broker.headers import ATTEMPT_HEADER, ATTEMPT_SIGNATURE_HEADER, SCHEDULED_AT_HEADER
+from orchestrator.broker.names import retry_queue_name
 from orchestrator.config import Config, TypeConfig
-from orchestrator.launch.base import client_token
-from orchestrator.messages import JOB_DECODER, encode
+from orchestrator.coordination import PendingRetries, StopMarkers
+from orchestrator.errors import CapacityError
+from orchestrator.launch.base import LaunchRequest, TaskHandle, client_token
+from orchestrator.messages import JOB_DECODER, StatusEvent, encode
+from orchestrator.retry import CANCELLED_REASON, attempt_signer
 
 from .fakes import InstantLauncher
 from .harness import (
@@ -21,14 +28,13 @@ from .harness import (
     queue_depth,
     running_pipeline,
     stop_job,
-    wait_until,
 )
 
 pytestmark = pytest.mark.services
 
 
-def assert_seq_increases(events: list[msgspec.Struct]) -> None:
-    seqs = [e.seq for e in events]  # type: ignore[attr-defined]
+def assert_seq_increases(events: Sequence[StatusEvent]) -> None:
+    seqs = [e.seq for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
 
 
@@ -103,8 +109,8 @@ def test_deploy_keeps_running_without_a_max_runtime(pipeline_config: Config) -> 
             encode({"type": "deploy", "deploymentId": "svc-1", "repository": "https://github.com/a/b"}),
         )
         wait_until(lambda: "running" in events.statuses("svc-1"), what="deploy running")
-        time.sleep(2.5)  # longer than the global max runtime, which deploy must ignore
-        assert events.statuses("svc-1") == ["dispatched", "running"]
+        # longer than the global max runtime, which deploy must ignore
+        assert holds_throughout(lambda: events.statuses("svc-1") == ["dispatched", "running"], 2.5)
     assert launcher.stopped == {}
 
 
@@ -147,9 +153,13 @@ def test_stop_of_a_job_waiting_in_a_delay_queue(pipeline_config: Config) -> None
         publish(config, stop_job("wait-1"))
         final = events.wait_terminal("wait-1")
         assert (final.status, final.attempt) == ("stopped", 1)
-        time.sleep(4)  # past the delay tier: the retry comes back and must not launch
+        # the retry comes back past its delay tier and must not launch
         wait_until(
-            lambda: queue_depth(config, config.broker.execute_queue) == 0, what="the cancelled retry acked"
+            lambda: (
+                queue_depth(config, retry_queue_name(config.broker, 3)) == 0
+                and queue_depth(config, config.broker.execute_queue) == 0
+            ),
+            what="the cancelled retry back and acked",
         )
         assert events.statuses("wait-1") == [
             "dispatched",
@@ -160,6 +170,118 @@ def test_stop_of_a_job_waiting_in_a_delay_queue(pipeline_config: Config) -> None
     assert launcher.launches == 1
 
 
+def test_stop_answers_for_the_waiting_retry_before_the_failed_task_is_forgotten(
+    pipeline_config: Config,
+) -> None:
+    # Given a job whose attempt 1 failed and whose retry waits 8 s, caught in the moment after the
+    # retry was published and before the failed task's done markers were written (its task is still
+    # listed by the launcher: InstantLauncher never forgets one)
+    config = with_overrides(pipeline_config, limits__max_attempts=3, limits__retry_delays=(8,))
+    launcher = InstantLauncher(exit_codes={"window-1": 1})
+    client = redis.Redis.from_url(config.redis.url)
+    done_keys = f"{config.redis.key_prefix}:done:*"
+    with running_pipeline(config, launcher), EventCollector(config) as events:
+        publish(config, build_job("window-1"))
+        wait_until(lambda: "retrying" in events.statuses("window-1"), what="retrying")
+        wait_until(lambda: len(list(client.scan_iter(done_keys))) == 2, what="the done markers")
+        client.delete(*client.scan_iter(done_keys))
+
+        # When a stop comes
+        publish(config, stop_job("window-1"))
+
+        # Then it answers for the waiting retry at once, not when the retry comes back 8 s later
+        final = events.wait_terminal("window-1", timeout=4)
+        assert (final.status, final.attempt, final.reason) == ("stopped", 1, CANCELLED_REASON)
+        # and the retry, once back, is dropped without a second answer or a launch
+        wait_until(
+            lambda: (
+                queue_depth(config, config.broker.execute_queue) == 0
+                and queue_depth(config, retry_queue_name(config.broker, 8)) == 0
+            ),
+            timeout=15,
+            what="the cancelled retry acked",
+        )
+        # (and no second answer comes after it)
+        assert holds_throughout(
+            lambda: [e.status for e in events.events("window-1") if e.terminal] == ["stopped"], 0.3
+        )
+        assert [e.type for e in events.events("window-1") if e.type == "stop"] == []
+    client.close()
+    assert launcher.launches == 1
+
+
+def test_a_retry_that_comes_back_to_a_stop_nobody_answered_for_ends_stopped(
+    pipeline_config: Config,
+) -> None:
+    # Given a retry the orchestrator scheduled, recorded as waiting, and a stop marker set after it
+    # was scheduled but no stop sweep that took the record (the stop met the task as it ended, and
+    # its owner had already decided the retry)
+    launcher = InstantLauncher()
+    shared_client = redis.Redis.from_url(pipeline_config.redis.url)
+    prefix = pipeline_config.redis.key_prefix
+    PendingRetries(shared_client, prefix).waiting("late-1", "build", 1, 60)
+    scheduled_ms = int(time.time() * 1000) - 1_000
+    StopMarkers(shared_client, prefix).mark("late-1", 60)
+    signature = attempt_signer(pipeline_config).sign("late-1", "build", 2, scheduled_ms)
+    headers = {ATTEMPT_HEADER: 2, SCHEDULED_AT_HEADER: scheduled_ms, ATTEMPT_SIGNATURE_HEADER: signature}
+    with running_pipeline(pipeline_config, launcher), EventCollector(pipeline_config) as events:
+        # When the retry comes back
+        publish(pipeline_config, build_job("late-1"), headers=headers)
+
+        # Then the job ends stopped (its one terminal event), and the retry is neither run nor kept
+        final = events.wait_terminal("late-1")
+        assert (final.status, final.type, final.attempt, final.reason) == (
+            "stopped",
+            "build",
+            1,
+            CANCELLED_REASON,
+        )
+        wait_until(
+            lambda: queue_depth(pipeline_config, pipeline_config.broker.execute_queue) == 0, what="ack"
+        )
+        assert holds_throughout(lambda: events.statuses("late-1") == ["stopped"], 0.3), "one answer only"
+    assert PendingRetries(shared_client, prefix).take("late-1") is None, "the record is taken"
+    shared_client.close()
+    assert launcher.launches == 0
+
+
+class NoCapacityLauncher(InstantLauncher):
+    """Every launch fails for lack of capacity (a retryable launch error that counts as an attempt)."""
+
+    def launch(self, request: LaunchRequest) -> TaskHandle:
+        with self._lock:
+            self.requests.append(request)
+        raise CapacityError("RESOURCE:MEMORY (no capacity)")
+
+
+def test_stop_of_a_job_whose_retry_waits_after_a_launch_error(pipeline_config: Config) -> None:
+    # Given a job whose launch failed for lack of capacity, its retry waiting 8 s
+    config = with_overrides(pipeline_config, limits__max_attempts=3, limits__retry_delays=(8,))
+    launcher = NoCapacityLauncher()
+    with running_pipeline(config, launcher), EventCollector(config) as events:
+        publish(config, build_job("nocap-1"))
+        wait_until(lambda: "retrying" in events.statuses("nocap-1"), what="retrying")
+
+        # When a stop comes
+        publish(config, stop_job("nocap-1"))
+
+        # Then the job ends stopped at once (not "nothing to stop"), and its retry never launches
+        final = events.wait_terminal("nocap-1", timeout=4)
+        assert (final.type, final.status, final.attempt) == ("build", "stopped", 1)
+        wait_until(
+            lambda: (
+                queue_depth(config, config.broker.execute_queue) == 0
+                and queue_depth(config, retry_queue_name(config.broker, 8)) == 0
+            ),
+            timeout=15,
+            what="the cancelled retry acked",
+        )
+        assert holds_throughout(
+            lambda: [e.status for e in events.events("nocap-1") if e.terminal] == ["stopped"], 0.3
+        ), "one answer only"
+    assert len(launcher.requests) == 1
+
+
 def test_stop_of_an_unknown_deployment_answers_once(pipeline_config: Config) -> None:
     launcher = InstantLauncher()
     with running_pipeline(pipeline_config, launcher), EventCollector(pipeline_config) as events:
@@ -168,8 +290,28 @@ def test_stop_of_an_unknown_deployment_answers_once(pipeline_config: Config) -> 
         wait_until(
             lambda: queue_depth(pipeline_config, pipeline_config.broker.execute_queue) == 0, what="ack"
         )
-        time.sleep(0.5)
-        assert len(events.events("nobody-1")) == 1
+        assert holds_throughout(lambda: len(events.events("nobody-1")) == 1, 0.5), "answered once"
     assert (answer.type, answer.status) == ("stop", "rejected")
     assert answer.reason is not None and answer.reason.startswith("nothing to stop")
     assert queue_depth(pipeline_config, pipeline_config.broker.dlq) == 0
+
+
+def test_a_stop_overtakes_jobs_that_fill_the_prefetch_window_waiting_for_slots(
+    pipeline_config: Config,
+) -> None:
+    # Given one slot, taken by a long task, and twice the prefetch window of jobs waiting behind it
+    config = with_overrides(pipeline_config, limits__max_concurrent=1, broker__prefetch=10)
+    launcher = InstantLauncher(run_seconds=3600)
+    with running_pipeline(config, launcher), EventCollector(config) as events:
+        publish(config, build_job("busy-1"))
+        wait_until(lambda: "running" in events.statuses("busy-1"), what="busy-1 running")
+        for n in range(20):
+            publish(config, build_job(f"behind-{n}"))
+        wait_until(lambda: "queued" in events.statuses("behind-19"), what="the last job waiting")
+
+        # When a stop for the running task comes after them
+        publish(config, stop_job("busy-1"))
+
+        # Then it is delivered and carried out although every job before it waits for the slot
+        assert events.wait_terminal("busy-1", timeout=20).status == "stopped"
+    assert launcher.stopped.get(next(iter(launcher.stopped))) == "stopped on request"

@@ -7,15 +7,17 @@ status.queue and the Redis channel, messages in execute.dlq, launches the launch
 from __future__ import annotations
 
 import threading
+import time
 
 import msgspec
 import pytest
-from support import unique, with_overrides
+from prometheus_client import REGISTRY
+from support import holds_throughout, unique, wait_until, with_overrides
 
-from orchestrator.broker.consumer import ATTEMPT_HEADER
+from orchestrator.broker.headers import ATTEMPT_HEADER, ATTEMPT_SIGNATURE_HEADER, SCHEDULED_AT_HEADER
 from orchestrator.config import Config
 from orchestrator.messages import JOB_DECODER, encode
-from orchestrator.retry import REASON_CLASS_HEADER, REASON_HEADER
+from orchestrator.retry import REASON_CLASS_HEADER, REASON_HEADER, attempt_signer
 
 from .fakes import InstantLauncher
 from .harness import (
@@ -27,7 +29,6 @@ from .harness import (
     publish,
     queue_depth,
     running_pipeline,
-    wait_until,
 )
 
 pytestmark = pytest.mark.services
@@ -66,6 +67,25 @@ def test_a_failing_worker_fails_with_its_exit_code_and_is_dead_lettered(pipeline
     [(body, headers)] = drain_queue(config, config.broker.dlq)
     assert JOB_DECODER.decode(body).deployment_id == "bad-1"
     assert headers[REASON_HEADER] == "the worker exited with code 11"
+
+
+def finished_count(outcome: str) -> float:
+    return REGISTRY.get_sample_value("orchestrator_jobs_finished_total", {"outcome": outcome}) or 0.0
+
+
+def test_each_outcome_is_counted_once_when_it_is_confirmed(pipeline_config: Config) -> None:
+    config = with_overrides(pipeline_config, limits__max_attempts=2, limits__retry_delays=(1,))
+    launcher = InstantLauncher(exit_codes={"count-fail": 3})
+    before = {o: finished_count(o) for o in ("succeeded", "failed", "rejected")}
+    with running_pipeline(config, launcher), EventCollector(config) as events:
+        publish(config, build_job("count-ok"))
+        publish(config, build_job("count-fail"))
+        publish(config, b'{"type": "build", "deploymentId": "count-bad"}')
+        for deployment_id in ("count-ok", "count-fail", "count-bad"):
+            events.wait_terminal(deployment_id)
+        wait_until(lambda: queue_depth(config, config.broker.execute_queue) == 0, what="every delivery acked")
+    # (a retry is not an outcome: the job that failed twice is counted once)
+    assert {o: finished_count(o) - before[o] for o in before} == {"succeeded": 1, "failed": 1, "rejected": 1}
 
 
 def test_a_failed_attempt_is_retried_through_the_delay_queue(pipeline_config: Config) -> None:
@@ -185,9 +205,17 @@ def test_retry_of_a_stopped_deployment_never_relaunches(pipeline_config: Config)
         publish(pipeline_config, encode({"type": "stop", "deploymentId": "gone-1"}))
         stop_answer = events.wait_terminal("gone-1")
         assert stop_answer.status == "rejected" and stop_answer.type == "stop"
-        publish(pipeline_config, build_job("gone-1"), headers={ATTEMPT_HEADER: 2})
+        # a retry the orchestrator scheduled (signed) before the stop came
+        scheduled_ms = int(time.time() * 1000) - 60_000
+        signature = attempt_signer(pipeline_config).sign("gone-1", "build", 2, scheduled_ms)
+        headers = {ATTEMPT_HEADER: 2, SCHEDULED_AT_HEADER: scheduled_ms, ATTEMPT_SIGNATURE_HEADER: signature}
+        publish(pipeline_config, build_job("gone-1"), headers=headers)
         wait_until(
             lambda: queue_depth(pipeline_config, pipeline_config.broker.execute_queue) == 0, what="ack"
+        )
+        # no retry was recorded as waiting: the stop's answer was the only one (nothing to stop)
+        assert holds_throughout(
+            lambda: [(e.type, e.status) for e in events.events("gone-1")] == [("stop", "rejected")], 0.3
         )
     assert launcher.launches == 0
 

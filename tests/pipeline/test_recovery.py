@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import with_overrides
+from support import wait_until, with_overrides
 
 from orchestrator.config import Config
 from orchestrator.messages import BuildJob, encode
 
-from .harness import EventCollector, publish, wait_until
+from .harness import EventCollector, publish
 from .processes import OrchestratorProcess
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -45,6 +45,7 @@ def recovery_config(pipeline_config: Config, tmp_path: Path) -> Config:
         limits__max_attempts=1,
         validation__allow_file_repos=True,
         local__state_dir=str(tmp_path / "state"),
+        local__pass_env=("WORKER_SLEEP_SECONDS",),  # the workers' only knob, from spawn()'s environment
     )
 
 
@@ -140,6 +141,7 @@ def test_the_global_limit_holds_across_two_processes(
         limits__max_concurrent=10,
         limits__global_max_concurrent=2,
         local__command=f"{sys.executable} {worker}",
+        local__pass_env=("INTERVAL_DIR", "INTERVAL_SECONDS"),
     )
     env = {"INTERVAL_DIR": str(intervals), "INTERVAL_SECONDS": "1"}
     for name in ("one", "two"):

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from support import with_overrides
+from prometheus_client import REGISTRY
+from support import wait_until, with_overrides
 from tcp_proxy import TcpProxy
 
 from orchestrator.config import Config
+from orchestrator.slots import SlotPool, make_slot_pool
 
 from .fakes import InstantLauncher
-from .harness import EventCollector, build_job, publish, queue_depth, running_pipeline, wait_until
+from .harness import EventCollector, build_job, publish, queue_depth, running_pipeline
 
 pytestmark = pytest.mark.services
 
@@ -36,16 +40,49 @@ def test_a_drain_finishes_hand_offs_in_flight_and_gives_waiting_jobs_back(pipeli
                 target=lambda: drained.append(running.supervisor.drain(time.monotonic() + 20))
             )
             drainer.start()
-            time.sleep(0.3)
+            # (the drain has begun once the jobs waiting for the slot are back in the queue)
+            wait_until(
+                lambda: queue_depth(config, config.broker.execute_queue) == 2, what="waiting jobs handed back"
+            )
             gate.set()
             drainer.join(timeout=30)
 
             # Then the launch in flight completes its hand-off: dispatched, and acked
             assert drained == [True]
-            assert events.statuses("drain-0")[0] == "dispatched"
+            # (confirmed by the broker before the ack; the collector may hear it a moment later)
+            wait_until(lambda: events.statuses("drain-0")[:1] == ["dispatched"], what="drain-0 dispatched")
         # And, once stopped, the jobs that never started are back in the queue for another process
         assert queue_depth(config, config.broker.execute_queue) == 2
     assert [r.job.deployment_id for r in launcher.requests] == ["drain-0"]
+
+
+def test_a_delivery_nobody_makes_durable_in_time_goes_back_to_the_broker(
+    pipeline_config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a hand-off timeout of 1 s and a launch that hangs (held at the gate)
+    config = with_overrides(pipeline_config, broker__handoff_timeout_seconds=1.0)
+    gate = threading.Event()
+    launcher = InstantLauncher(gate=gate)
+    caplog.set_level(logging.WARNING, logger="actors.queue_listener")
+    before = received()
+    try:
+        with running_pipeline(config, launcher):
+            publish(config, build_job("stuck-1"))
+            assert launcher.launch_started.wait(20)
+
+            # When nothing makes its outcome durable past the timeout (checked every 5 s)
+            wait_until(
+                lambda: "not made durable within 1 s" in caplog.text, timeout=15, what="the hand-off timeout"
+            )
+
+            # Then the delivery went back to the broker, which delivered it again
+            wait_until(lambda: received() - before >= 2, what="the requeued delivery back")
+    finally:
+        gate.set()
+
+
+def received() -> float:
+    return REGISTRY.get_sample_value("orchestrator_jobs_received_total") or 0.0
 
 
 def test_a_broker_outage_shows_in_health_and_loses_no_job(pipeline_config: Config) -> None:
@@ -85,3 +122,30 @@ def test_a_broker_outage_shows_in_health_and_loses_no_job(pipeline_config: Confi
         proxy.stop()
     launched = sorted(r.job.deployment_id for r in launcher.requests)
     assert launched == ["before-1"] + [f"during-{n}" for n in range(5)]
+
+
+def test_the_slot_self_check_releases_a_slot_held_for_a_job_nobody_follows(
+    pipeline_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("actors.rate_limiter.AUDIT_SECONDS", 0.2)
+    pools: list[SlotPool] = []
+
+    def keep_pool(*args: Any) -> SlotPool:
+        pools.append(make_slot_pool(*args))
+        return pools[-1]
+
+    monkeypatch.setattr("orchestrator.pipeline.make_slot_pool", keep_pool)
+    config = with_overrides(pipeline_config, limits__max_concurrent=1)
+    launcher = InstantLauncher()
+    with running_pipeline(config, launcher) as running, EventCollector(config) as events:
+        # Given the only slot leaked: held for a deployment no job of which is followed or launching
+        [pool] = pools
+        assert pool.try_acquire("ghost-1")
+        # When a job comes, it waits for the slot ...
+        publish(config, build_job("after-leak-1"))
+        # Then the self-check gives the leaked slot back, and the job runs
+        assert events.wait_terminal("after-leak-1", timeout=20).status == "succeeded"
+        wait_until(lambda: "slots" in running.health()[1]["dependencies"], what="the slots report")
+        report = running.health()[1]["dependencies"]["slots"]
+    assert "queued" in events.statuses("after-leak-1")
+    assert report["detail"].startswith(("released 1 slot", "1 held", "0 held"))

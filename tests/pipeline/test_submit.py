@@ -82,5 +82,9 @@ def test_submit_refuses_an_invalid_job_before_publishing(pipeline_config: Config
 def test_submit_says_clearly_when_the_broker_is_unreachable(pipeline_config: Config, tmp_path: Path) -> None:
     config = with_overrides(pipeline_config, broker__url="amqp://guest:secret@127.0.0.1:1/%2F")
     result = submit(config, job_file(tmp_path, "cli-nobroker"))
-    assert result.returncode == 1
-    assert result.stderr.strip() == "❌ cannot connect to RabbitMQ (AMQPConnectionError); is it running?"
+    assert result.returncode == 4
+    assert result.stderr.strip() == (
+        "❌ cannot connect to RabbitMQ at 127.0.0.1:1: connection refused "
+        "(is RabbitMQ running and listening there? check broker.url)"
+    )
+    assert "secret" not in result.stderr

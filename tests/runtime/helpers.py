@@ -1,4 +1,4 @@
-"""Waiting with a deadline, HTTP with urllib, and running the orchestrator as a real process."""
+"""HTTP with urllib and running the orchestrator as a real process."""
 
 from __future__ import annotations
 
@@ -6,17 +6,15 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from support import unique
+from support import unique, wait_until
 
 T = TypeVar("T")
 
@@ -24,18 +22,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 ORCHESTRATOR_COMMAND = VENV_BIN / "orchestrator"
 PORT_LINE = re.compile(r"/health and /metrics on http://[^:]+:(\d+)")
-
-
-def wait_until(condition: Callable[[], T | None], timeout: float = 10.0, what: str = "the condition") -> T:
-    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)  # polling interval, not a wait for the condition itself
 
 
 def http_get(url: str, method: str = "GET", timeout: float = 5.0) -> tuple[int, bytes, dict[str, str]]:
@@ -67,13 +53,6 @@ def healthy_or_none(port: int) -> tuple[int, dict[str, Any]] | None:
     """:func:`get_health` once it answers 200 (the process has connected to what it needs), else None."""
     answer = health_or_none(port)
     return answer if answer is not None and answer[0] == 200 else None
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_environ(**extra: str) -> dict[str, str]:
@@ -154,3 +133,10 @@ class OrchestratorProcess:
             self.process.kill()
             self.process.wait(timeout=10)
         self._log.close()
+
+
+def start_process(processes: list[OrchestratorProcess], tmp_path: Path, *argv: str) -> OrchestratorProcess:
+    """Start ``argv`` as an :class:`OrchestratorProcess` logging under ``tmp_path``; kept in ``processes``."""
+    process = OrchestratorProcess(argv, tmp_path / f"orchestrator-{len(processes)}.log")
+    processes.append(process)
+    return process

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, assert_never, get_args
 
 import msgspec
 import pykka
@@ -30,6 +30,14 @@ class Block(msgspec.Struct, frozen=True):
     """Hold the actor's thread until ``release`` is set: a stuck handler."""
 
     release: Any
+
+
+class Later(msgspec.Struct, frozen=True):
+    """Tell this actor ``Record(value)`` in ``delay`` seconds (with tell_later); ``cancel`` takes it back."""
+
+    delay: float
+    value: int
+    cancel: bool = False
 
 
 class Count(msgspec.Struct, frozen=True):
@@ -68,8 +76,13 @@ class Journal:
             return False
 
 
-class RecorderActor(SupervisedActor):
+RecorderMessage = Record | Crash | Block | Later | Count | Drain
+
+
+class RecorderActor(SupervisedActor[RecorderMessage]):
     """Records values, crashes or blocks on request; ``on_start`` fails while the journal says so."""
+
+    accepts = get_args(RecorderMessage)
 
     def __init__(self, reporter: ActorReporter, journal: Journal, drain_delay: float | None = None) -> None:
         super().__init__(reporter)
@@ -84,7 +97,7 @@ class RecorderActor(SupervisedActor):
     def on_stop(self) -> None:
         self._journal.stops.append(self.instance)
 
-    def receive(self, message: object) -> Any:
+    def receive(self, message: RecorderMessage) -> Any:
         match message:
             case Record(value):
                 self._journal.add(self.instance, value)
@@ -94,6 +107,10 @@ class RecorderActor(SupervisedActor):
                 raise RuntimeError(f"instance {self.instance} crashed on purpose")
             case Block(release):
                 release.wait(GATE_TIMEOUT_SECONDS)
+            case Later(delay, value, cancel):
+                call = self.tell_later(delay, Record(value))
+                if cancel:
+                    call.cancel()
             case Count():
                 return len(self._journal.values())
             case Drain(deadline) if self._drain_delay is not None:
@@ -103,13 +120,17 @@ class RecorderActor(SupervisedActor):
                 timer.daemon = True
                 timer.start()
                 return done
+            case Drain():
+                return None  # nothing to drain
             case _:
-                return super().receive(message)
+                assert_never(message)
         return None
 
 
-class TickingCrasher(SupervisedActor):
+class TickingCrasher(SupervisedActor[Crash]):
     """Crashes ``crash_after`` seconds after every start: an actor that can never stay up."""
+
+    accepts = (Crash,)
 
     def __init__(self, reporter: ActorReporter, crash_after: float) -> None:
         super().__init__(reporter)
@@ -124,7 +145,5 @@ class TickingCrasher(SupervisedActor):
         if self.actor_ref.is_alive():
             self.actor_ref.tell(Crash())
 
-    def receive(self, message: object) -> Any:
-        if isinstance(message, Crash):
-            raise RuntimeError("crashing again, as designed")
-        return super().receive(message)
+    def receive(self, message: Crash) -> Any:
+        raise RuntimeError("crashing again, as designed")

@@ -6,15 +6,16 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import wait_until
 
 from orchestrator.app import EXIT_OK, EXIT_RESTART_BUDGET_EXCEEDED, EXIT_STARTUP_FAILED
 
-from .helpers import ORCHESTRATOR_COMMAND, OrchestratorProcess, get_health, wait_until, write_config
+from .helpers import ORCHESTRATOR_COMMAND, OrchestratorProcess, get_health, write_config
+from .helpers import start_process as start
 
 EXIT_TIMEOUT = 30.0
 
@@ -25,11 +26,12 @@ def _healthy(port: int) -> tuple[int, dict[str, Any]] | None:
 
 
 def config_file(tmp_path: Path, port: int = 0, drain_seconds: float = 5.0) -> Path:
+    # No unhealthy hold here: test_unhealthy_hold.py is about it, these tests about the rest.
     return write_config(
         tmp_path / "orchestrator.ini",
         {
             "http": {"host": "127.0.0.1", "port": port},
-            "shutdown": {"drain_seconds": drain_seconds},
+            "shutdown": {"drain_seconds": drain_seconds, "unhealthy_hold_seconds": 0},
             "supervision": {
                 "restart_budget": 3,
                 "restart_backoff_seconds": 0.05,
@@ -40,20 +42,6 @@ def config_file(tmp_path: Path, port: int = 0, drain_seconds: float = 5.0) -> Pa
     )
 
 
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[list[OrchestratorProcess]]:
-    started: list[OrchestratorProcess] = []
-    try:
-        yield started
-    finally:
-        for process in started:
-            process.close()
-
-
-def start(processes: list[OrchestratorProcess], tmp_path: Path, *argv: str) -> OrchestratorProcess:
-    process = OrchestratorProcess(argv, tmp_path / f"orchestrator-{len(processes)}.log")
-    processes.append(process)
-    return process
 
 
 def sample_app(*args: str) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from typing import Any
 import pykka
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support import wait_until
 
 from orchestrator import __version__
 from orchestrator.config import HttpConfig, SupervisionConfig
@@ -20,7 +21,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.http import HttpServer
 from orchestrator.runtime import ActorStatus, HealthBoard, Supervisor
 
-from .helpers import get_health, http_get, wait_until
+from .helpers import get_health, http_get
 from .sample_actors import Block, Crash, Journal, Record, RecorderActor
 
 STUCK_AFTER = 0.5

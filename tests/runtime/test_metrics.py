@@ -46,7 +46,9 @@ REQUIRED = {
     "orchestrator_redis_connected": "gauge",
     "orchestrator_launch_errors": "counter",
     "orchestrator_launches_inflight": "gauge",
+    "orchestrator_launch_duration_seconds": "histogram",
     "orchestrator_ecs_api_calls": "counter",
+    "orchestrator_slots_released_by_audit": "counter",
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pykka
 import pytest
+from support import wait_until
 
 from orchestrator.config import SupervisionConfig
 from orchestrator.errors import SupervisionError
@@ -26,8 +27,7 @@ from orchestrator.runtime import (
 )
 from orchestrator.runtime.supervisor import UNEXPECTED_STOP, describe_error
 
-from .helpers import wait_until
-from .sample_actors import Block, Count, Crash, Journal, Record, RecorderActor
+from .sample_actors import Block, Count, Crash, Journal, Later, Record, RecorderActor
 
 FAST = SupervisionConfig(
     restart_budget=5,
@@ -351,3 +351,70 @@ def test_a_standalone_actor_answers_pings_and_records_its_crash() -> None:
         assert [str(e) for e in reporter.failures] == ["instance 1 crashed on purpose"]
     finally:
         pykka.ActorRegistry.stop_all(timeout=5)
+
+
+def test_tells_left_behind_a_stop_reach_the_next_instance_in_order(supervisor: Supervisor) -> None:
+    journal = Journal()
+    worker = add_recorder(supervisor, "worker", journal)
+    supervisor.start_all(timeout=5)
+    release = threading.Event()
+    worker.tell(Block(release))
+    journal.refs[0].stop(block=False)  # queued behind the Block, ahead of what follows
+    for value in range(5):
+        worker.tell(Record(value))  # left in the inbox when instance 1 stops
+
+    release.set()
+
+    wait_until(lambda: is_running_after(supervisor, "worker", 1), what="a restart after the stop")
+    wait_until(lambda: len(journal.values()) == 5, what="the tells left behind")
+    assert journal.entries == [(2, value) for value in range(5)]
+
+
+def test_an_ask_waiting_behind_a_crash_fails_with_actor_dead_error(supervisor: Supervisor) -> None:
+    journal = Journal()
+    worker = add_recorder(supervisor, "worker", journal)
+    supervisor.start_all(timeout=5)
+    gate = threading.Event()
+    worker.tell(Crash(gate))
+    waiting = journal.refs[0].ask(Count(), block=False)  # in the inbox behind the crash
+
+    gate.set()
+
+    with pytest.raises(pykka.ActorDeadError):
+        waiting.get(timeout=5)
+    wait_until(lambda: is_running_after(supervisor, "worker", 1), what="the restart")
+    assert worker.ask(Count(), timeout=2) == 0
+
+
+def test_tell_later_uses_the_one_scheduler_thread_which_stop_all_ends(supervisor: Supervisor) -> None:
+    journal = Journal()
+    worker = add_recorder(supervisor, "worker", journal)
+    supervisor.start_all(timeout=5)
+    threads_before = threading.active_count()
+
+    worker.tell(Later(0.02, 1000, cancel=True))
+    for value in range(10):
+        worker.tell(Later(0.01 * value, value))
+    worker.tell(Later(0.2, 99))  # due after every other one
+
+    wait_until(lambda: 99 in journal.values(), what="the delayed tells")
+    assert journal.values() == [*range(10), 99]  # the cancelled one never came, the rest in due order
+    assert threading.active_count() <= threads_before + 1
+    assert [thread.name for thread in threading.enumerate()].count("tell-later") == 1
+
+    supervisor.stop_all(timeout=5)
+
+    assert "tell-later" not in [thread.name for thread in threading.enumerate()]
+
+
+def test_a_delayed_tell_is_not_given_to_the_next_instance(supervisor: Supervisor) -> None:
+    journal = Journal()
+    worker = add_recorder(supervisor, "worker", journal)
+    supervisor.start_all(timeout=5)
+    worker.tell(Later(0.3, 1))  # scheduled by instance 1, due after its crash
+    worker.tell(Crash())
+    wait_until(lambda: is_running_after(supervisor, "worker", 1), what="the restart")
+    worker.tell(Later(0.4, 2))  # instance 2's own, due after instance 1's
+
+    wait_until(lambda: journal.values() == [2], what="instance 2's delayed tell")
+    assert journal.entries == [(2, 2)]

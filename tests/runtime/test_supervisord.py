@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from .helpers import (
     ORCHESTRATOR_COMMAND,
@@ -30,7 +31,6 @@ from .helpers import (
     clean_environ,
     health_or_none,
     healthy_or_none,
-    wait_until,
     write_config,
 )
 
@@ -41,6 +41,8 @@ SECTION = "program:orchestrator"
 PROCESS = "orchestrator:orchestrator_00"
 PORT_TEMPLATE = re.compile(r'ORCH_HTTP_PORT="(\d+)%\(process_num\)02d"')
 CTL_TIMEOUT = 30.0
+#: shutdown.unhealthy_hold_seconds of the test's config: short, but long enough to see in the stop time.
+HOLD_SECONDS = 3.0
 #: Ports tried for the health port: multiples of 100, so "<port // 100>%(process_num)02d" gives it.
 PORT_CANDIDATES = range(20000, 60000, 100)
 
@@ -151,7 +153,10 @@ def test_supervisord_runs_restarts_and_stops_the_project_program(short_tmp: Path
     stopwaitsecs = int(section["stopwaitsecs"])
     config = write_config(
         short_tmp / "orchestrator.ini",
-        {"http": {"host": "127.0.0.1"}, "shutdown": {"drain_seconds": 2}},
+        {
+            "http": {"host": "127.0.0.1"},
+            "shutdown": {"drain_seconds": 2, "unhealthy_hold_seconds": HOLD_SECONDS},
+        },
     )
     port = free_port_ending_in_00()
     program = with_test_overrides(section, config, port, short_tmp)
@@ -175,7 +180,7 @@ def test_supervisord_runs_restarts_and_stops_the_project_program(short_tmp: Path
         assert supervisord.pid() != first_pid
         wait_until(lambda: supervisord.state() == "RUNNING", timeout=30, what="RUNNING again")
 
-        # When it is stopped, it drains and exits 0 well within stopwaitsecs
+        # When it is stopped, it drains, holds /health at 503 and exits 0 well within stopwaitsecs
         process_log_path = Path(
             program["stderr_logfile"] % {"program_name": "orchestrator", "process_num": 0}
         )
@@ -188,7 +193,7 @@ def test_supervisord_runs_restarts_and_stops_the_project_program(short_tmp: Path
 
         # Then
         assert "stopped" in output
-        assert stop_took < stopwaitsecs
+        assert HOLD_SECONDS <= stop_took < stopwaitsecs
         assert supervisord.state() == "STOPPED"
         supervisord_log = supervisord.log.read_text(encoding="utf-8")
         assert "exited: orchestrator_00 (terminated by SIGKILL; not expected)" in supervisord_log
@@ -196,6 +201,7 @@ def test_supervisord_runs_restarts_and_stops_the_project_program(short_tmp: Path
         process_log = process_log_path.read_text(encoding="utf-8")
         assert "🔄 SIGTERM received: draining" in process_log
         assert "✅ drained" in process_log
+        assert "holding /health at 503 for" in process_log
         assert process_log.rstrip().endswith("✅ stopped (exit code 0)")
     finally:
         supervisord.shutdown()

@@ -1,0 +1,184 @@
+"""The local back-end's task files: their layout, their records, and how they are written.
+
+Layout of ``local.state_dir``::
+
+    tasks/<id>.json   the task file: its first line is the task record (the job, attempt, deadlines,
+                      launching instance), written atomically and synced before the process starts;
+                      then lines appended as the task goes on:
+                        ``pid <pid> <start time>``  by the launcher once the process exists
+                        ``exit <status>``           by the wrapper when the worker ends (or by the
+                                                    launcher just before it sends SIGKILL)
+    tasks/<id>.stop   why the task was asked to stop, written by
+                      :meth:`~orchestrator.launch.local.LocalLauncher.stop`
+    logs/<id>.log     the worker's standard output and error
+
+One file per task, appended to, rather than a record rewritten with the pid and a second file for the
+exit status: each task then creates two files (its record and its log) and deletes one, instead of
+four and three. File creation after many deletions is what a busy local launcher spent most of its
+kernel time on (ext4 without a journal scans past every inode deleted in the last 30 s). A line is
+counted only once its newline is there, so a reader never acts on half of one. Tasks started by an
+older version (a record rewritten whole, a separate ``<id>.exit``) are still read.
+
+``<id>`` is ``<deploymentId>-<attempt>`` (with unsafe characters replaced and a digest added when the
+deployment id is not a plain file name); :func:`file_id_of` makes it. The files outlive the
+orchestrator: they are how a restarted one finds and judges the tasks it left running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+__all__ = [
+    "LOGS_DIR",
+    "LOG_SUFFIX",
+    "RECORD_SUFFIX",
+    "SAFE_FILE_ID",
+    "STOP_SUFFIX",
+    "StopRecord",
+    "TaskFile",
+    "TaskRecord",
+    "append_line",
+    "exit_line",
+    "file_id_of",
+    "parse_task_file",
+    "pid_line",
+    "record_bytes",
+]
+
+LOGS_DIR: Final = "logs"
+RECORD_SUFFIX: Final = ".json"
+STOP_SUFFIX: Final = ".stop"
+LOG_SUFFIX: Final = ".log"
+#: A task id used as a file name as it is: no path separators, no leading dot.
+SAFE_FILE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}")
+
+
+class TaskRecord(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``tasks/<id>.json``: everything needed to find and judge a task after a restart."""
+
+    task_id: str
+    file_id: str
+    deployment_id: str
+    attempt: int
+    job_type: str
+    instance_id: str
+    launched_at: float
+    start_deadline: float
+    deadline: float | None
+    #: The wrapper's pid (leader of the task's process group); None until the process is started.
+    pid: int | None = None
+    #: The wrapper's start time in clock ticks since boot, from /proc (defeats pid reuse).
+    start_time: int | None = None
+    job: msgspec.Raw = msgspec.Raw(b"null")
+    #: :func:`~orchestrator.launch.base.job_digest` of ``job`` (None in records written before it was kept).
+    digest: str | None = None
+
+
+class TaskFile(msgspec.Struct, frozen=True):
+    """What ``tasks/<id>.json`` says: the record (with the pid once it is known) and the exit status."""
+
+    record: TaskRecord
+    #: The last ``exit`` line's status; None while the task runs (or if it died without one).
+    exit_code: int | None = None
+
+
+def record_bytes(record: TaskRecord) -> bytes:
+    """The first line of a task file."""
+    return msgspec.json.encode(record) + b"\n"
+
+
+def pid_line(pid: int, start_time: int | None) -> bytes:
+    """The line that says which process the task is (``-`` when its start time could not be read)."""
+    return f"pid {pid} {'-' if start_time is None else start_time}\n".encode()
+
+
+def exit_line(code: int) -> bytes:
+    """The line that records the worker's exit status."""
+    return f"exit {code}\n".encode()
+
+
+def parse_task_file(data: bytes) -> TaskFile:
+    """Read a task file (or an older version's record, one JSON document).
+
+    Raises:
+        msgspec.DecodeError: the record is not a task record.
+    """
+    first, newline, rest = data.partition(b"\n")
+    record = _RECORD_DECODER.decode(first)
+    exit_code: int | None = None
+    if newline:
+        for line in rest.split(b"\n")[:-1]:  # the last piece has no newline yet: not a line
+            word, _, value = line.partition(b" ")
+            if word == b"pid":
+                pid, _, start = value.partition(b" ")
+                if pid.isdigit():
+                    start_time = int(start) if start.isdigit() else None
+                    record = msgspec.structs.replace(record, pid=int(pid), start_time=start_time)
+            elif word == b"exit" and value.lstrip(b"-").isdigit():
+                exit_code = int(value)
+    return TaskFile(record=record, exit_code=exit_code)
+
+
+def append_line(path: Path, line: bytes) -> bool:
+    """Append ``line`` to an existing task file in one write; False when the file is gone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return True
+
+
+class StopRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """``tasks/<id>.stop``: why and when the task was asked to stop."""
+
+    reason: str
+    at: float
+
+
+_RECORD_DECODER: Final = msgspec.json.Decoder(TaskRecord)
+_STOP_DECODER: Final = msgspec.json.Decoder(StopRecord)
+
+
+def file_id_of(deployment_id: str, attempt: int) -> str:
+    """The file name stem of (``deployment_id``, ``attempt``): ``<deploymentId>-<attempt>`` when safe."""
+    plain = f"{deployment_id}-{attempt}"
+    if SAFE_FILE_ID.fullmatch(plain):
+        return plain
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", deployment_id).lstrip("._")[:100] or "task"
+    digest = hashlib.sha256(plain.encode()).hexdigest()[:12]
+    return f"{cleaned}-{attempt}-{digest}"
+
+
+def _write_atomically(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
+    """Write ``path`` all at once. With ``exclusive``, only if it does not exist yet (returns False then).
+
+    The data reaches the disk before the file appears, so it survives a crash of the host, not only
+    of this process.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        else:
+            os.replace(tmp, path)
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
