@@ -40,7 +40,7 @@ from orchestrator.lifecycle import (
 from orchestrator.lifecycle.launches import Dispatched, Follow, after_launch
 from orchestrator.lifecycle.model import LaunchErrorKind
 from orchestrator.logs import FAILURE, SUCCESS, WARNING, emoji
-from orchestrator.messages import SourceJob
+from orchestrator.messages import EVENT_DECODER, SourceJob, StatusEvent
 from orchestrator.retry import RetryPolicy, note_pending_retry, publish_decision
 from orchestrator.runtime.actor import ActorReporter, SupervisedActor
 from orchestrator.runtime.supervisor import ActorHandle
@@ -196,7 +196,8 @@ class DispatcherActor(SupervisedActor[DispatcherMessage]):
                         reason,
                         extra=emoji(WARNING),
                     )
-                    self._publisher.tell(Publish(ack=done.delivery))
+                    outcome = self._guard.last_outcome(job.deployment_id) if follower == "nobody" else None
+                    self._publisher.tell(Publish(events=_answer(outcome), ack=done.delivery))
                 case ReleaseSlot():
                     self._release_unless_active(job.deployment_id)
                 case _:
@@ -242,7 +243,7 @@ class DispatcherActor(SupervisedActor[DispatcherMessage]):
             log.warning(
                 "%s %s: %s; dropping the duplicate", job.type, job.deployment_id, error, extra=emoji(WARNING)
             )
-            self._conclude(done, LaunchDuplicate(reason=str(error)))
+            self._conclude(done, LaunchDuplicate(reason=str(error)), answer=_answer(error.outcome))
             return
         kind = _error_kind(error)
         if not isinstance(error, LaunchInProgressError):
@@ -257,8 +258,11 @@ class DispatcherActor(SupervisedActor[DispatcherMessage]):
             ),
         )
 
-    def _conclude(self, done: LaunchDone, ending: Ending) -> None:
-        """Carry out what the lifecycle core decides after ``ending`` of this launch."""
+    def _conclude(
+        self, done: LaunchDone, ending: Ending, answer: tuple[StatusEvent, ...] = ()
+    ) -> None:
+        """Carry out what the lifecycle core decides after ``ending`` of this launch (``answer``: the
+        events a dropped duplicate is answered with)."""
         job: SourceJob = done.request.job
         attempt = done.request.attempt
         facts = Attempt(job_type=job.type, attempt=attempt)
@@ -269,6 +273,9 @@ class DispatcherActor(SupervisedActor[DispatcherMessage]):
             _log_decision(job, decision)
             if isinstance(decision, RetryLater):
                 note_pending_retry(self._shared, job.deployment_id, job.type, attempt, decision)
+            if isinstance(decision, Drop) and answer:
+                self._publisher.tell(Publish(events=answer, ack=done.delivery))
+                continue
             self._publisher.tell(
                 publish_decision(
                     decision,
@@ -288,6 +295,18 @@ class DispatcherActor(SupervisedActor[DispatcherMessage]):
         are held per deployment, so releasing would free that one's slot."""
         if not self._guard.active_here(deployment_id):
             self._rate_limiter.tell(Release(deployment_id))
+
+
+def _answer(outcome: bytes | None) -> tuple[StatusEvent, ...]:
+    """The recorded last outcome of a job, repeated to answer a late duplicate of it: the same event
+    (same ``seq``), so consumers that de-duplicate drop it and a submitter waiting on the duplicate
+    learns the outcome at once."""
+    if outcome is None:
+        return ()
+    try:
+        return (EVENT_DECODER.decode(outcome),)
+    except msgspec.DecodeError:
+        return ()
 
 
 def _log_decision(job: SourceJob, decision: Finish | RetryLater | Drop) -> None:

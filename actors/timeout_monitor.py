@@ -74,6 +74,9 @@ class OutcomeDurable(msgspec.Struct, frozen=True):
 
     task_id: str
     attempt_key: str
+    deployment_id: str = ""
+    #: The attempt's last status event (encoded): what a late duplicate of the job is answered with.
+    outcome: bytes = b""
 
 
 #: What the TimeoutMonitor is told.
@@ -181,9 +184,12 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
                         self._table.forget(change.tracked.handle.task_id)  # followed elsewhere now
                     self._handed_over(change.tracked.handle)
                 metrics.JOBS_RUNNING.set(len(self._table))
-            case OutcomeDurable(task_id, attempt_key):
+            case OutcomeDurable(task_id, attempt_key, deployment_id, outcome):
                 self._background(
-                    self._shared.done_markers.mark_all, (task_id, attempt_key), DONE_MARKER_SECONDS
+                    self._shared.done_markers.mark_all,
+                    (task_id, attempt_key),
+                    DONE_MARKER_SECONDS,
+                    (deployment_id, outcome) if outcome else None,
                 )
             case _:
                 assert_never(message)
@@ -404,7 +410,10 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
             )
         if publish is not None:
             durable = OutcomeDurable(
-                task_id=handle.task_id, attempt_key=attempt_done_key(handle.deployment_id, handle.attempt)
+                task_id=handle.task_id,
+                attempt_key=attempt_done_key(handle.deployment_id, handle.attempt),
+                deployment_id=handle.deployment_id,
+                outcome=msgspec.json.encode(publish.events[-1]) if publish.events else b"",
             )
             after = functools.partial(self.actor_ref.tell, durable)
             self._publisher.tell(msgspec.structs.replace(publish, after=after))

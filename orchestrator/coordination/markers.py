@@ -179,6 +179,12 @@ def attempt_done_key(deployment_id: str, attempt: int) -> str:
     return f"attempt:{deployment_id}:{attempt}"
 
 
+def outcome_key(deployment_id: str) -> str:
+    """The key (beside the done markers) of the last outcome published for a deployment: the status
+    event a late duplicate of an ended job is answered with."""
+    return f"outcome:{deployment_id}"
+
+
 class DoneMarkers:
     """Tasks whose outcome was already published, so that no adopter publishes (or retries) it again.
 
@@ -207,8 +213,12 @@ class DoneMarkers:
         with redis_errors("marking a task done"):
             self._client.set(self._key(task_id), "1", ex=ttl_seconds)
 
-    def mark_all(self, task_ids: Sequence[str], ttl_seconds: int) -> None:
-        """Record that the outcome of every one of ``task_ids`` was handled (one round trip).
+    def mark_all(
+        self, task_ids: Sequence[str], ttl_seconds: int, outcome: tuple[str, bytes] | None = None
+    ) -> None:
+        """Record that the outcome of every one of ``task_ids`` was handled (one round trip), and,
+        with ``outcome`` (deploymentId, encoded status event), that event as the deployment's last
+        outcome (:meth:`last_outcome`).
 
         Raises:
             CoordinationError: Redis is down.
@@ -217,7 +227,21 @@ class DoneMarkers:
             pipe = self._client.pipeline(transaction=False)
             for task_id in task_ids:
                 pipe.set(self._key(task_id), "1", ex=ttl_seconds)
+            if outcome is not None:
+                pipe.set(self._key(outcome_key(outcome[0])), outcome[1], ex=ttl_seconds)
             pipe.execute()
+
+    def last_outcome(self, deployment_id: str) -> bytes | None:
+        """The last outcome event recorded for ``deployment_id`` (encoded), or None.
+
+        Raises:
+            CoordinationError: Redis is down.
+        """
+        with redis_errors("reading a job's last outcome"):
+            value = self._client.get(self._key(outcome_key(deployment_id)))
+        if value is None:
+            return None
+        return value if isinstance(value, bytes) else value.encode()
 
     def done(self, task_ids: Sequence[str]) -> set[str]:
         """The ones of ``task_ids`` already handled (one round trip).

@@ -54,10 +54,18 @@ class LaunchInProgressError(LaunchError):
 
 
 class AttemptOverError(LaunchError):
-    """This process launched the attempt earlier and it has ended: a late duplicate, nothing to do."""
+    """The attempt was launched before and has ended: a late duplicate, nothing to launch.
+
+    ``outcome`` is the job's last outcome event as recorded (encoded), if any: the duplicate is
+    answered with it, so whoever sent it learns the outcome at once.
+    """
 
     retryable = False
     counts_as_attempt = False
+
+    def __init__(self, message: str, outcome: bytes | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 #: How often a job waits for another live process that holds its attempt's claim to show a task.
@@ -235,12 +243,16 @@ class GuardedLauncher:
                     if state == "new":
                         self._release(key)
                     raise AttemptOverError(
-                        f"attempt {key[1]} of {key[0]} has ended (its outcome was published)"
+                        f"attempt {key[1]} of {key[0]} has ended (its outcome was published)",
+                        self.last_outcome(key[0]),
                     )
                 if state == "other":
                     self._wait_for_other(key)
                 if state == "mine":
-                    raise AttemptOverError(f"attempt {key[1]} of {key[0]} was launched here and has ended")
+                    raise AttemptOverError(
+                        f"attempt {key[1]} of {key[0]} was launched here and has ended",
+                        self.last_outcome(key[0]),
+                    )
             try:
                 if self._slot_held is not None and not self._slot_held(job.deployment_id):
                     raise CapacityError(
@@ -282,6 +294,13 @@ class GuardedLauncher:
         raise LaunchInProgressError(
             f"attempt {key[1]} of {key[0]} is claimed by another live process, launching it now"
         )
+
+    def last_outcome(self, deployment_id: str) -> bytes | None:
+        """The deployment's last recorded outcome event (encoded); None if none, or Redis is down."""
+        try:
+            return None if self._done is None else self._done.last_outcome(deployment_id)
+        except OrchestratorError:
+            return None
 
     def _attempt_over(self, key: tuple[str, int]) -> bool:
         """Whether the attempt's done marker is set (its outcome was published); False if Redis is down."""

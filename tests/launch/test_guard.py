@@ -305,15 +305,18 @@ def test_a_late_duplicate_of_an_attempt_finished_elsewhere_is_dropped_not_sent_r
     done = DoneMarkers(client, prefix)
     launcher_a, launcher_b = MemoryLauncher(), MemoryLauncher()
     GuardedLauncher(launcher_a, "orch-a", registry_a, done).launch(request(BUILD))
-    done.mark_all(["task-1", attempt_done_key("dep-x", 1)], 60)
+    outcome = b'{"deploymentId":"dep-x","status":"succeeded"}'
+    done.mark_all(["task-1", attempt_done_key("dep-x", 1)], 60, outcome=("dep-x", outcome))
 
     # When the redelivered job reaches orch-b, which finds no task of it
     guard_b = GuardedLauncher(launcher_b, "orch-b", registry_b, done)
 
-    # Then it is a late duplicate: dropped, not waited for
-    with pytest.raises(AttemptOverError):
+    # Then it is a late duplicate: dropped, not waited for, and it carries the recorded outcome to
+    # answer the duplicate with
+    with pytest.raises(AttemptOverError) as over:
         guard_b.launch(request(BUILD, instance="orch-b"))
     assert launcher_b.launched == []
+    assert over.value.outcome == outcome
 
 
 def test_a_claim_that_never_shows_a_task_ends_in_a_failed_attempt_after_a_bounded_number_of_waits(

@@ -61,6 +61,27 @@ def test_submit_wait_exits_1_when_the_job_fails(pipeline_config: Config, tmp_pat
     assert "exit code 12" in result.stdout
 
 
+@pytest.mark.parametrize("exit_code", [0, 12])
+def test_submit_wait_for_a_job_that_already_ended_learns_its_outcome_at_once(
+    pipeline_config: Config, tmp_path: Path, exit_code: int
+) -> None:
+    # The orchestrator answers a late duplicate of an ended job with the job's recorded outcome
+    # (the same event, same seq), instead of dropping it in silence: `submit --wait` does not sit
+    # out its whole timeout.
+    config = with_overrides(pipeline_config, limits__max_attempts=1)
+    launcher = InstantLauncher(exit_codes={"cli-again": exit_code})
+    with running_pipeline(config, launcher):
+        first = submit(config, job_file(tmp_path, "cli-again"), "--wait", "--timeout", "60")
+        again = submit(config, job_file(tmp_path, "cli-again"), "--wait", "--timeout", "60")
+    status = "succeeded" if exit_code == 0 else "failed"
+    assert first.stdout.splitlines()[-1].split(" · ")[0].endswith(f"attempt 1: {status}"), first.stdout
+    assert again.returncode == first.returncode == (0 if exit_code == 0 else 1), again.stdout
+    assert "no terminal event" not in again.stdout
+    # the same terminal line, repeated (and no second launch)
+    assert again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]
+    assert launcher.launches == 1
+
+
 def test_submit_without_wait_only_publishes(pipeline_config: Config, tmp_path: Path) -> None:
     with running_pipeline(pipeline_config, InstantLauncher()):
         pass  # declares the topology, then stops consuming
