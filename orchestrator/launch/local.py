@@ -61,6 +61,7 @@ from orchestrator.launch.local_files import (
     _write_atomically,
     append_line,
     exit_line,
+    failure_note,
     file_id_of,
     parse_task_file,
     pid_line,
@@ -400,6 +401,10 @@ class LocalLauncher:
         stop = self._read_stop(file_id)
         stop_reason = None if stop is None else redact_text(f"stopped: {stop.reason}")
         if exit_code is not None:
+            if exit_code != 0 and stop_reason is None:
+                # (a failure's reason says where its output is, and quotes its end)
+                reason = redact_text(f"exit code {exit_code}; {failure_note(self.log_path(handle))}")
+                return TaskState(handle=handle, phase="stopped", exit_code=exit_code, reason=reason)
             return TaskState(handle=handle, phase="stopped", exit_code=exit_code, reason=stop_reason)
         if stop is not None:
             return TaskState(
@@ -410,8 +415,9 @@ class LocalLauncher:
         if record.pid is None:
             reason = "the launch was interrupted before the process was recorded"
         else:
-            reason = (
-                f"process {record.pid} ended without recording an exit status (killed, or its host restarted)"
+            reason = redact_text(
+                f"process {record.pid} ended without recording an exit status (killed, or its host "
+                f"restarted); {failure_note(self.log_path(handle))}"
             )
         return TaskState(handle=handle, phase="missing", reason=reason)
 

@@ -46,6 +46,7 @@ __all__ = [
     "TaskRecord",
     "append_line",
     "exit_line",
+    "failure_note",
     "file_id_of",
     "parse_task_file",
     "pid_line",
@@ -182,3 +183,36 @@ def _write_atomically(path: Path, data: bytes, *, exclusive: bool = False) -> bo
         return True
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+#: What a failed task's reason quotes of its log: the last lines, within this many bytes of its end.
+TAIL_LINES: Final = 5
+TAIL_BYTES: Final = 2048
+
+
+def failure_note(log_path: Path) -> str:
+    """``log <path>; last lines: <tail>`` for the reason of a task that failed: where its whole
+    output is, and the last :data:`TAIL_LINES` lines of it (read from at most :data:`TAIL_BYTES` at
+    the end of the file, undecodable bytes replaced, control characters shown escaped).
+
+    The caller redacts it (as every reason is). Only the path when the log is empty or unreadable.
+    """
+    try:
+        with open(log_path, "rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(0, size - TAIL_BYTES))
+            data = log.read(TAIL_BYTES)
+    except OSError:
+        return f"log {log_path}"
+    lines = data.decode("utf-8", "replace").splitlines()
+    if size > TAIL_BYTES and lines:
+        lines[0] = "…" + lines[0]  # (cut at the start)
+    tail = [_printable(line.strip()) for line in lines if line.strip()][-TAIL_LINES:]
+    if not tail:
+        return f"log {log_path}"
+    return f"log {log_path}; last lines: " + " | ".join(tail)
+
+
+def _printable(line: str) -> str:
+    """``line`` with control characters (and the other invisible ones) escaped as ``\\xNN``."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)

@@ -165,7 +165,49 @@ def test_stopping_a_task_that_already_ended_keeps_its_own_result(state_dir: Path
     launcher.stop(handle, "too late")
 
     [state] = launcher.describe([handle])
-    assert (state.phase, state.exit_code, state.reason) == ("stopped", 4, None)
+    assert (state.phase, state.exit_code) == ("stopped", 4)
+    assert state.reason == f"exit code 4; log {launcher.log_path(handle)}"  # its own: no stop reason
+
+
+def test_a_failed_task_s_reason_points_to_its_log_and_quotes_its_last_lines(state_dir: Path) -> None:
+    script = (
+        "import sys\n"
+        "for i in range(50): print('step', i)\n"
+        "print('cloning https://bob:hunter2@git.example.com/a/b.git')\n"
+        "print('x' * 10000, flush=True)\n"
+        "print('error: the build broke', file=sys.stderr)\n"
+        "raise SystemExit(10)"
+    )
+    launcher = LocalLauncher(local_config(state_dir, command=python_command(script)))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="file:///none")))
+
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
+
+    assert state.reason is not None and state.exit_code == 10
+    head, _, tail = state.reason.partition("; last lines: ")
+    assert head == f"exit code 10; log {launcher.log_path(handle)}"
+    lines = tail.split(" | ")
+    # bounded: only what fits in the last 2 KB of the log (the 10,000-character line is cut to it)
+    assert len(state.reason) < 2300
+    assert lines[-1] == "error: the build broke"
+    assert len(lines) == 2 and set(lines[0]) == {"…", "x"}, lines  # the long line, cut at the start
+    assert "hunter2" not in state.reason
+
+
+def test_the_quoted_lines_are_redacted_and_show_control_characters_escaped(state_dir: Path) -> None:
+    script = (
+        "print('step 1')\n"
+        "print('\\x1b[31mcloning https://bob:hunter2@git.example.com/a/b.git\\x07')\n"
+        "raise SystemExit(3)"
+    )
+    launcher = LocalLauncher(local_config(state_dir, command=python_command(script)))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-2", repository="file:///none")))
+
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
+
+    assert state.reason is not None
+    assert "hunter2" not in state.reason
+    assert state.reason.endswith("last lines: step 1 | \\x1b[31mcloning https://***@git.example.com/a/b.git\\x07")
 
 
 def test_job_fields_reach_the_worker_as_literal_environment_variables(
