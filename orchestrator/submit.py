@@ -30,6 +30,7 @@ from orchestrator.broker.connection import (
 from orchestrator.config import Config
 from orchestrator.connect_errors import connection_cause, endpoint, error_chain
 from orchestrator.errors import BrokerError, CoordinationError
+from orchestrator.logs import status_mark
 from orchestrator.messages import EVENT_DECODER, TERMINAL_STATUSES, JobBase, StatusEvent, encode
 from orchestrator.redaction import redact_text
 from orchestrator.validation import JobValidator, Rejection
@@ -38,15 +39,6 @@ EXIT_SUCCEEDED: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_INVALID: Final = 2
 EXIT_TIMEOUT: Final = 3
-
-_EMOJI: Final = {
-    "succeeded": "✅",
-    "failed": "❌",
-    "rejected": "❌",
-    "timed_out": "⚠️",
-    "retrying": "⚠️",
-    "stopped": "⚠️",
-}
 
 
 def submit(
@@ -236,7 +228,7 @@ def _follow(job: JobBase, next_event: EventSource, timeout: float, out: Callable
 
 
 def _describe(event: StatusEvent) -> str:
-    mark = _EMOJI.get(event.status, "🔄")
+    _level, mark = status_mark(event.type, event.status)
     parts = [f"{mark} {event.type} {event.deployment_id} attempt {event.attempt}: {event.status}"]
     if event.task_arn:
         parts.append(f"task {event.task_arn}")
