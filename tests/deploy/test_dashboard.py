@@ -22,8 +22,17 @@ from prometheus_client import REGISTRY
 from support import delete_broker_objects, isolated_config
 
 import orchestrator.metrics  # noqa: F401 - registers every metric of the orchestrator in REGISTRY
+from orchestrator.pipeline import MONITOR, PUBLISHER
 
-from .promql import DASHBOARD, Exposition, alert_rules, dashboard_panels, dashboard_targets, metric_names
+from .promql import (
+    ALERTS_TEST,
+    DASHBOARD,
+    Exposition,
+    alert_rules,
+    dashboard_panels,
+    dashboard_targets,
+    metric_names,
+)
 
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 #: What Grafana puts in place of its variables, for promtool to parse the expressions.
@@ -166,7 +175,17 @@ def test_every_alert_rule_names_series_a_real_orchestrator_serves(live: Expositi
 
 
 @pytest.mark.services
+def test_the_alert_unit_tests_feed_series_a_real_orchestrator_serves(live: Exposition) -> None:
+    document = yaml.safe_load(ALERTS_TEST.read_text(encoding="utf-8"))
+    series = [s["series"] for test in document["tests"] for s in test["input_series"]]
+    assert series
+    assert {s: live.problems(s) for s in series if live.problems(s)} == {}
+
+
+@pytest.mark.services
 def test_the_live_check_catches_a_metric_that_does_not_exist(live: Exposition) -> None:
+    # The scrape came from a running pipeline: its supervisor registered every actor.
+    assert {PUBLISHER, MONITOR} <= live.labels["orchestrator_actor_restarts_total"]["actor"]
     assert live.problems("rate(orchestrator_jobs_received_total[5m])") == []
     assert live.problems("rate(orchestrator_jobs_recieved_total[5m])") == [
         "orchestrator_jobs_recieved_total: no such series"
