@@ -1,15 +1,18 @@
-"""deploy/aws/iam-policy.json allows every ECS operation the launcher calls, and nothing else but the
-two that RunTask needs alongside: ecs:TagResource (RunTask sends tags) and iam:PassRole (the worker
+"""deploy/aws/iam-policy.json allows every AWS operation the orchestrator calls, and nothing else but
+the two that RunTask needs alongside: ecs:TagResource (RunTask sends tags) and iam:PassRole (the worker
 task definition's roles).
 
-The operations are read from the launcher's source with ``ast``: every call on the ECS client goes
-through ``EcsLauncher._call("Operation", self.client.method, ...)``, which counts it in
-``orchestrator_ecs_api_calls_total{operation}``; botocore's own model maps each method to its API name.
+The operations are read from the source with ``ast``. Every AWS call is counted under its API name as
+``count("Operation", <...>.client.method, ...)`` (the ECS launcher's ``EcsLauncher._call``, which
+feeds ``orchestrator_ecs_api_calls_total{operation}``); botocore's model of each service a client is
+made for (``.client("ecs", ...)``) says which of those calls are that service's, so a client of a new
+service, or a new operation, shows up here as a permission the policy lacks.
 """
 
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,76 +26,99 @@ from .aws import IAM_POLICY, REGION, TASK_DEFINITION, example_config, read_json
 from .promql import ROOT
 
 ECS_LAUNCHER = ROOT / "orchestrator" / "launch" / "ecs.py"
-SOURCES = [*(ROOT / "orchestrator").rglob("*.py"), *(ROOT / "actors").rglob("*.py")]
-#: Allowed beside the launcher's own operations, and why.
+SOURCES = sorted([*(ROOT / "orchestrator").rglob("*.py"), *(ROOT / "actors").rglob("*.py")])
+#: Allowed beside the operations the code calls, and why.
 COMPANIONS = {
     "ecs:TagResource": "RunTask sends tags (ECS authorises tag-on-create as ecs:TagResource)",
     "iam:PassRole": "RunTask passes the task definition's task and execution roles",
 }
 
 
-def ecs_client_methods() -> dict[str, str]:
-    """The ECS client's methods (snake_case) -> API operation names, from botocore's service model."""
-    client = boto3.session.Session().client("ecs", region_name=REGION)
+@cache
+def api_names(service: str) -> dict[str, str]:
+    """The client methods (snake_case) of ``service`` -> its API operation names (botocore's model)."""
+    client = boto3.session.Session().client(service, region_name=REGION)
     mapping = client.meta.method_to_api_mapping
     assert isinstance(mapping, dict)
     return {str(k): str(v) for k, v in mapping.items()}
 
 
-def _is_self_client(node: ast.AST) -> bool:
-    return (
-        isinstance(node, ast.Attribute)
-        and node.attr == "client"
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "self"
-    )
+def _trees() -> list[tuple[Path, ast.AST]]:
+    return [(path.relative_to(ROOT), ast.parse(path.read_text(encoding="utf-8"))) for path in SOURCES]
 
 
-def launcher_calls() -> tuple[set[str], list[tuple[str, str]]]:
-    """Every method of ``self.client`` named in the launcher, and each ``self._call(op, method)`` pair."""
-    tree = ast.parse(ECS_LAUNCHER.read_text(encoding="utf-8"))
-    named: set[str] = set()
-    counted: list[tuple[str, str]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and _is_self_client(node.value):
-            named.add(node.attr)
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "_call"
-            and len(node.args) >= 2
-        ):
-            operation, method = node.args[0], node.args[1]
-            assert isinstance(operation, ast.Constant), ast.unparse(node)
-            assert isinstance(method, ast.Attribute) and _is_self_client(method.value), ast.unparse(node)
-            counted.append((str(operation.value), method.attr))
-    return named, counted
+def _client_method(node: ast.AST) -> str | None:
+    """``m`` of ``<...>.client.m`` or ``client.m``; None for anything else."""
+    if not isinstance(node, ast.Attribute):
+        return None
+    owner = node.value
+    if (isinstance(owner, ast.Attribute) and owner.attr == "client") or (
+        isinstance(owner, ast.Name) and owner.id == "client"
+    ):
+        return node.attr
+    return None
 
 
-def test_only_the_ecs_launcher_holds_an_ecs_client() -> None:
-    makers: set[Path] = set()
-    boto_clients: set[Path] = set()
-    for path in SOURCES:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if not isinstance(node, ast.Call):
-                continue
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            if name == "make_ecs_client":
-                makers.add(path.relative_to(ROOT))
-            if name == "client" and any(isinstance(a, ast.Constant) and a.value == "ecs" for a in node.args):
-                boto_clients.add(path.relative_to(ROOT))
-    assert makers == {Path("orchestrator/launch/ecs.py")}
-    assert boto_clients == {Path("orchestrator/launch/ecs_client.py")}
+def aws_clients() -> dict[str, set[Path]]:
+    """Every AWS service a client is made for (``<...>.client("service", ...)``) -> the modules."""
+    services: dict[str, set[Path]] = {}
+    for path, tree in _trees():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "client"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                services.setdefault(node.args[0].value, set()).add(path)
+    return services
 
 
-def test_every_ecs_call_of_the_launcher_is_counted_under_its_api_name() -> None:
-    named, counted = launcher_calls()
-    api = ecs_client_methods()
-    assert named, "the launcher calls ECS"
-    assert {method for _, method in counted} == named, "a client method called without _call (uncounted)"
-    for operation, method in counted:
-        assert api[method] == operation, f"self._call({operation!r}, self.client.{method})"
-    assert {operation for operation, _ in counted} == set(metrics.ECS_OPERATIONS)
+def counted_calls() -> set[tuple[str, str]]:
+    """Every ``count("Operation", <...>.client.method, ...)`` of the source: (Operation, method)."""
+    calls: set[tuple[str, str]] = set()
+    for _, tree in _trees():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and len(node.args) >= 2 and isinstance(node.args[0], ast.Constant):
+                method = _client_method(node.args[1])
+                if method is not None and isinstance(node.args[0].value, str):
+                    calls.add((node.args[0].value, method))
+    return calls
+
+
+def operations_of(service: str) -> set[str]:
+    """The operations of ``service`` the source calls (counted calls whose method is ``service``'s)."""
+    names = api_names(service)
+    return {operation for operation, method in counted_calls() if names.get(method) == operation}
+
+
+def needed_actions() -> set[str]:
+    """What the policy must allow: every operation of every service the code makes a client for."""
+    return {f"{service}:{operation}" for service in aws_clients() for operation in operations_of(service)}
+
+
+def test_the_code_calls_aws_through_counted_calls_only() -> None:
+    services = aws_clients()
+    assert "ecs" in services
+    for service in services:
+        assert operations_of(service), f"{service}: no call counted as (Operation, client.method)"
+    # The launcher names its client's methods only inside _call: none escapes the count.
+    named = {
+        node.attr
+        for node in ast.walk(ast.parse(ECS_LAUNCHER.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute) and _client_method(node) is not None
+    }
+    counted_methods = {method for _, method in counted_calls()}
+    assert named and named <= counted_methods, f"called without _call: {named - counted_methods}"
+    for operation, method in counted_calls():
+        if method in api_names("ecs"):
+            assert api_names("ecs")[method] == operation, f"({operation!r}, client.{method})"
+
+
+def test_the_ecs_operations_metric_lists_every_ecs_call() -> None:
+    assert operations_of("ecs") == set(metrics.ECS_OPERATIONS)
 
 
 def allowed_actions(policy: dict[str, Any]) -> set[str]:
@@ -120,13 +146,14 @@ def resources(statement: dict[str, Any]) -> list[str]:
     return [listed] if isinstance(listed, str) else list(listed)
 
 
-def test_the_policy_allows_every_operation_the_launcher_calls_and_nothing_else() -> None:
+def test_the_policy_allows_every_operation_the_code_calls_and_nothing_else() -> None:
     policy = read_json(IAM_POLICY)
     actions = allowed_actions(policy)
     assert not any("*" in action for action in actions), "no wildcard actions"
-    needed = {f"ecs:{operation}" for operation, _ in launcher_calls()[1]}
-    assert needed <= actions, f"missing: {needed - actions}"
-    assert actions - needed == set(COMPANIONS), f"beyond what the launcher needs: {actions - needed}"
+    needed = needed_actions() | {f"ecs:{operation}" for operation in metrics.ECS_OPERATIONS}
+    assert {"ecs:RunTask", "ecs:DescribeTasks", "ecs:ListTasks", "ecs:StopTask"} <= needed
+    assert needed - actions == set(), f"the policy misses what {sorted(aws_clients())} calls"
+    assert actions - needed == set(COMPANIONS), f"beyond what the code needs: {actions - needed}"
 
 
 def test_the_policy_is_scoped_to_the_example_configs_cluster_and_task_definitions() -> None:
