@@ -183,10 +183,11 @@ def test_the_publisher_resends_on_the_next_node_what_the_lost_one_did_not_confir
 
         # When the first node goes down and messages are published
         nodes[0].stop()
+        def on_confirm(body: bytes) -> Callable[[bool, str], None]:
+            return lambda ok, _detail: confirmed.put((body, ok))
+
         for body in (b"one", b"two"):
-            publisher.publish(
-                "", execute, body, on_confirm=lambda ok, _d, body=body: confirmed.put((body, ok))
-            )
+            publisher.publish("", execute, body, on_confirm=on_confirm(body))
 
         # Then they are confirmed through the second node, which the publisher names
         assert sorted(confirmed.get(timeout=20) for _ in range(2)) == [(b"one", True), (b"two", True)]
