@@ -22,6 +22,7 @@ from typing import Any, Final
 import pika
 import pika.exceptions
 
+from orchestrator import metrics
 from orchestrator.broker import field_depth
 from orchestrator.broker.connection import (
     Backoff,
@@ -279,7 +280,8 @@ class ConsumerIO:
             node = self._node
         self._session_worked = True
         self._backoff.reset()
-        self._nodes.connected()
+        if self._nodes.connected():
+            metrics.BROKER_FAILOVERS.labels(connection="consumer").inc()
         if not was_connected:
             log.info(
                 "consuming %s on RabbitMQ node %s (prefetch %d, channel generation %d)",

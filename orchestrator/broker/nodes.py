@@ -56,6 +56,7 @@ class NodeCycle:
         self._index = 0
         #: Nodes that failed in a row since the last connection or the last full round.
         self._failed_in_row = 0
+        self._last_connected: BrokerNode | None = None
 
     @property
     def nodes(self) -> tuple[BrokerNode, ...]:
@@ -66,9 +67,16 @@ class NodeCycle:
         """The node to try now (or the one connected to)."""
         return self._nodes[self._index]
 
-    def connected(self) -> None:
-        """The current node works: a later failure starts a new round."""
+    def connected(self) -> bool:
+        """The current node works: a later failure starts a new round.
+
+        Returns:
+            True when this is a failover: the connection was on another node before.
+        """
         self._failed_in_row = 0
+        moved = self._last_connected is not None and self._last_connected != self.current
+        self._last_connected = self.current
+        return moved
 
     def failed(self) -> bool:
         """The current node could not be reached: move on to the next one.

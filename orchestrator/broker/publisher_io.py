@@ -23,6 +23,7 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.select_connection import IOLoop
 
+from orchestrator import metrics
 from orchestrator.broker.confirm_ledger import ConfirmLedger
 from orchestrator.broker.connection import (
     Backoff,
@@ -238,7 +239,8 @@ class PublisherIO:
         self._ready = True
         if not self._resetting_after_nack:
             self._backoff.reset()
-        self._nodes.connected()
+        if self._nodes.connected():
+            metrics.BROKER_FAILOVERS.labels(connection="publisher").inc()
         with self._lock:
             waiting = self._ledger.waiting
         log.info(

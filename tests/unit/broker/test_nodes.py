@@ -137,3 +137,13 @@ def test_every_node_is_tried_once_between_two_backoffs(outcomes: list[bool], siz
             assert sorted(tried_since_backoff) == sorted(n.url for n in cycle.nodes)
             tried_since_backoff = []
         assert len(tried_since_backoff) < size
+
+
+def test_connecting_again_on_another_node_is_a_failover_and_on_the_same_one_is_not() -> None:
+    cycle = NodeCycle([N1, N2])
+    assert cycle.connected() is False  # the first connection
+    cycle.lost()
+    assert cycle.connected() is True  # now on N2
+    cycle.lost()
+    cycle.failed()  # N1 down: back to N2
+    assert cycle.connected() is False
