@@ -22,6 +22,7 @@ waits three minutes in its delay queue, which would only make this test long.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Final
@@ -56,6 +57,9 @@ BACKLOG_SHARE: Final = 0.85
 QUORUM_SECONDS: Final = 60.0
 #: The issue's target: throughput back to the pre-fault rate within 30 s (reported, not asserted).
 THROUGHPUT_HORIZON: Final = 30.0
+CONSUMER_FAILOVERS: Final = re.compile(
+    r'^orchestrator_broker_failovers_total\{connection="consumer"\} (\S+)$', re.MULTILINE
+)
 
 
 def nodes_list(*nodes: ClusterNode) -> str:
@@ -90,6 +94,7 @@ def test_each_process_rides_out_the_loss_of_its_node(private_cluster: PrivateClu
         for fraction, name in KILLS:
             run.wait_for_ended(fraction)
             kills.append(kill_the_node_of(name, cluster, run, watch))
+        failovers = {name: consumer_failovers(process.metrics()) for name, process in run.processes.items()}
 
         # Then every invariant holds
         outcome = run.finish()
@@ -135,6 +140,11 @@ def test_each_process_rides_out_the_loss_of_its_node(private_cluster: PrivateClu
             f"     throughput: {rate.before:.1f} jobs/s in the 5 s before; lowest 3 s window "
             f"{rate.lowest:.1f} jobs/s ({rate.lowest_at:.2f} s after the kill); {recovery}"
         )
+    for name, counted in failovers.items():
+        lost = sum(1 for kill in kills if "broker" in kill.connections[name])
+        lines.append(f"     process {name}: consumer failovers counted (/metrics) {counted}")
+        if counted < lost:
+            problems.append(f"process {name} counted {counted} consumer failovers; its node was lost {lost}x")
     stray = unhealthy_outside(watch.samples(), kills, BACK_BOUND)
     if stray:
         problems.append(f"/health 503 outside the failover windows ({len(stray)}x), e.g. {stray[0]}")
@@ -190,3 +200,9 @@ def kill_the_node_of(name: str, cluster: PrivateCluster, run: FaultRun, watch: H
         )
     run.notes.append(f"{kill.node} started again and rejoined in {took:.1f} s")
     return kill
+
+
+def consumer_failovers(exposition: str | None) -> int:
+    """``orchestrator_broker_failovers_total{connection="consumer"}`` of a /metrics text (-1: none)."""
+    found = CONSUMER_FAILOVERS.search(exposition or "")
+    return int(float(found[1])) if found else -1
