@@ -299,7 +299,7 @@ def _run(args: argparse.Namespace) -> int:
         log.warning(
             "no --config: built-in defaults in use (with any ORCH_* variables): broker %s, execute queue "
             "%s, local state dir %s, HTTP port %s:%d",
-            redact_url(config.broker.url),
+            ",".join(redact_url(url) for url in config.broker.urls),
             config.broker.execute_queue,
             config.local.state_dir,
             config.http.host,

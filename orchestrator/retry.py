@@ -61,7 +61,9 @@ class Retry(msgspec.Struct, frozen=True):
 
 def attempt_signer(config: Config) -> AttemptSigner:
     """The signer of retries' attempt numbers, with the key every process of this config shares."""
-    return AttemptSigner(signing_key(config.broker.retry_signing_key, config.broker.url, config.redis.url))
+    # The nodes in any order: processes may list a cluster's nodes in different orders (one URL: as before).
+    nodes = ",".join(sorted(config.broker.urls))
+    return AttemptSigner(signing_key(config.broker.retry_signing_key, nodes, config.redis.url))
 
 
 class RetryPolicy:
