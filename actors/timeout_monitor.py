@@ -77,6 +77,9 @@ class OutcomeDurable(msgspec.Struct, frozen=True):
     deployment_id: str = ""
     #: The attempt's last status event (encoded): what a late duplicate of the job is answered with.
     outcome: bytes = b""
+    #: The task, whose launcher forgets it (deletes its local files) only now: until the outcome is
+    #: confirmed, the task's record is what lets a process that takes over find it and publish it.
+    handle: TaskHandle | None = None
 
 
 #: What the TimeoutMonitor is told.
@@ -186,13 +189,15 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
                         self._table.forget(change.tracked.handle.task_id)  # followed elsewhere now
                     self._handed_over(change.tracked.handle)
                 metrics.JOBS_RUNNING.set(len(self._table))
-            case OutcomeDurable(task_id, attempt_key, deployment_id, outcome):
+            case OutcomeDurable(task_id, attempt_key, deployment_id, outcome, handle):
                 self._background(
                     self._shared.done_markers.mark_all,
                     (task_id, attempt_key),
                     DONE_MARKER_SECONDS,
                     (deployment_id, outcome) if outcome else None,
                 )
+                if handle is not None:
+                    self._forget_task(handle)
             case _:
                 assert_never(message)
 
@@ -421,6 +426,7 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
                 attempt_key=attempt_done_key(handle.deployment_id, handle.attempt),
                 deployment_id=handle.deployment_id,
                 outcome=msgspec.json.encode(publish.events[-1]) if publish.events else b"",
+                handle=handle,
             )
             after = functools.partial(self.actor_ref.tell, durable)
             self._publisher.tell(msgspec.structs.replace(publish, after=after))
@@ -432,6 +438,12 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
         guard = self._guards.get(handle.launcher)
         if guard is not None:
             guard.forget(handle.deployment_id, handle.attempt)
+        if publish is None:
+            self._forget_task(handle)
+        # (else once the outcome is confirmed: see OutcomeDurable)
+
+    def _forget_task(self, handle: TaskHandle) -> None:
+        """Let the launcher forget an ended task whose outcome is durable (or that had none)."""
         launcher = self._launchers.get(handle.launcher)
         if launcher is not None:
             self._background(launcher.forget, handle)

@@ -8,9 +8,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from support import wait_until, with_overrides
+from tcp_proxy import TcpProxy
 
 from orchestrator.config import Config
 from orchestrator.messages import BuildJob, encode
@@ -161,3 +163,40 @@ def test_the_global_limit_holds_across_two_processes(
     ran = [tuple(map(float, (intervals / d).read_text().split())) for d in ids]
     assert max_overlap(ran) == 2  # type: ignore[arg-type]
     assert all(": dispatched" in p.log() for p in processes), "both processes launched jobs"
+
+
+def test_a_task_that_ended_while_its_outcome_could_not_be_published_is_not_forgotten(
+    recovery_config: Config, tmp_path: Path, processes: list[OrchestratorProcess]
+) -> None:
+    # The terminal event goes only to status.queue, so it cannot leave while the broker is away.
+    repository = git_repository(tmp_path / "app")
+    proxy = TcpProxy("127.0.0.1", urlsplit(recovery_config.broker.url).port or 5672)
+    proxy.start()
+    behind_proxy = with_overrides(
+        recovery_config, broker__url=proxy.url(recovery_config.broker.url), status__sinks=("amqp",)
+    )
+    tasks = Path(recovery_config.local.state_dir) / "tasks"
+    try:
+        with EventCollector(recovery_config) as events:
+            first = spawn(behind_proxy, tmp_path, processes, "first")
+            publish(recovery_config, encode(BuildJob(deployment_id="unsaid-1", repository=repository)))
+            wait_until(lambda: "running" in events.statuses("unsaid-1"), 60, "the task running")
+
+            # When the broker goes away, and the worker ends meanwhile (its outcome cannot be confirmed)
+            proxy.stop()
+            wait_until(
+                lambda: any(b"\nexit " in p.read_bytes() for p in tasks.glob("*.json")),
+                30,
+                "the worker to end",
+            )
+            time.sleep(1.0)  # ample for the end to be handled (the exit watcher sees it at once)
+            # Then the task's record is kept until the outcome is durable
+            assert list(tasks.glob("*.json")), first.log()
+            # and a process that takes over after this one dies publishes the outcome
+            first.kill9()
+            spawn(recovery_config, tmp_path, processes, "second")
+            final = events.wait_terminal("unsaid-1", timeout=60)
+            assert final.status == "succeeded", processes[-1].log()
+    finally:
+        proxy.stop()
+    assert len(worker_logs(recovery_config)) == 1, "the worker was launched exactly once"
