@@ -48,6 +48,13 @@ PUBLISH_OUTCOMES: Final = ("ok", "error", "dropped")
 #: ``orchestrator_ecs_api_calls_total{operation}`` values: every ECS operation the launcher calls.
 ECS_OPERATIONS: Final = ("RunTask", "DescribeTasks", "ListTasks", "StopTask")
 
+#: ``orchestrator_log_lines_dropped_total{reason}`` values: over a per-second cap, or past a total one.
+LOG_DROP_REASONS: Final = ("rate", "total")
+#: ``orchestrator_cloudwatch_api_calls_total{operation}`` values: every CloudWatch Logs operation called.
+CLOUDWATCH_OPERATIONS: Final = ("FilterLogEvents",)
+#: A log line's time -> its XADD: from a millisecond to a minute.
+LOG_LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
 #: Receive -> dispatched: from one millisecond to a minute.
 DISPATCH_LATENCY_BUCKETS: Final = (
     0.001,
@@ -134,6 +141,27 @@ LAUNCHES_INFLIGHT: Final = Gauge(
 ECS_API_CALLS: Final = Counter(
     "orchestrator_ecs_api_calls_total", "Calls to the ECS API, by operation.", ["operation"]
 )
+LOG_LINES_PUBLISHED: Final = Counter(
+    "orchestrator_log_lines_published_total", "Build log lines written to the log streams (markers included)."
+)
+LOG_BYTES_PUBLISHED: Final = Counter(
+    "orchestrator_log_bytes_published_total", "Bytes of build log lines written (their JSON entries)."
+)
+LOG_LINES_DROPPED: Final = Counter(
+    "orchestrator_log_lines_dropped_total",
+    "Build log lines dropped by a per-job cap, by reason (rate: per second; total: per job).",
+    ["reason"],
+)
+LOG_LAG: Final = Histogram(
+    "orchestrator_log_lag_seconds",
+    "Time from a build log line being read (or its source's timestamp) to its publication.",
+    buckets=LOG_LAG_BUCKETS,
+)
+CLOUDWATCH_API_CALLS: Final = Counter(
+    "orchestrator_cloudwatch_api_calls_total",
+    "Calls to the CloudWatch Logs API, by operation.",
+    ["operation"],
+)
 
 
 def _initialise_closed_label_sets() -> None:
@@ -149,6 +177,10 @@ def _initialise_closed_label_sets() -> None:
             STATUS_EVENTS_PUBLISHED.labels(sink=sink, outcome=outcome)
     for operation in ECS_OPERATIONS:
         ECS_API_CALLS.labels(operation=operation)
+    for reason in LOG_DROP_REASONS:
+        LOG_LINES_DROPPED.labels(reason=reason)
+    for operation in CLOUDWATCH_OPERATIONS:
+        CLOUDWATCH_API_CALLS.labels(operation=operation)
     for launcher in LAUNCHERS:
         JOBS_DISPATCHED.labels(launcher=launcher)
         JOB_DURATION.labels(launcher=launcher)
