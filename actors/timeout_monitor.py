@@ -55,7 +55,9 @@ DONE_MARKER_SECONDS: Final = 6 * 3600
 #: Recovery scans everything this often even when no owner was seen to die (in lease periods).
 FULL_SCAN_EVERY_LEASES: Final = 10
 #: Appended to the reason of an attempt's last event when its log could not be completed in time.
-LOG_INCOMPLETE: Final = "log incomplete: its last lines were not published within logs.final_wait_seconds"
+LOG_INCOMPLETE: Final = (
+    "log not complete when this was published (logs.final_wait_seconds passed): its last lines follow"
+)
 
 
 class StopDone(msgspec.Struct, frozen=True):

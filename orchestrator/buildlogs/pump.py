@@ -42,7 +42,7 @@ import redis
 from orchestrator import metrics
 from orchestrator.backoff import Backoff
 from orchestrator.buildlogs.model import FollowedTask, LogLine, LogSource, RawLine
-from orchestrator.buildlogs.redis_stream import Entry, RedisStreamSink, Resume, end_entry, line_entry
+from orchestrator.buildlogs.redis_stream import EndEntry, Entry, LineEntry, RedisStreamSink, Resume
 from orchestrator.buildlogs.shaping import shape_line
 from orchestrator.config import LogsConfig
 from orchestrator.logs import FAILURE, SUCCESS, WARNING, emoji
@@ -59,6 +59,8 @@ ROUND_LINES: Final = 10_000
 MARKER_STREAM: Final = "orchestrator"
 #: Reasons of dropped lines (``orchestrator_log_lines_dropped_total{reason}``).
 DROP_REASONS: Final = metrics.LOG_DROP_REASONS
+#: After the final wait, how long a finished task's log is still read before it is ended where it is.
+LATE_SECONDS: Final = 60.0
 #: Bound of the pump's wait between two failed Redis writes.
 RETRY_MAX_SECONDS: Final = 5.0
 #: ``close`` waits this long for the thread.
@@ -102,6 +104,7 @@ class _Task:
         self.seq = 0  # last seq given out
         self.written_seq = 0  # last seq known to be in Redis
         self.written_cursor: str | None = None
+        self.cursor: str | None = None  # after the last line given out
         self.lines_total = 0
         self.bytes_total = 0
         self.dropped = 0
@@ -110,7 +113,8 @@ class _Task:
         self.line_rate = _Bucket(config.max_lines_per_second, now)
         self.byte_rate = _Bucket(config.max_bytes_per_second, now)
         self.finish_status: str | None = None
-        self.finish_deadline = 0.0
+        self.finish_deadline = 0.0  # the finish is called back (False) by then at the latest
+        self.give_up_at = 0.0  # the log is ended there by then at the latest
         self.polled_since_finish = False
         self.callbacks: list[OnFlushed] = []
 
@@ -138,6 +142,8 @@ class LogPump:
         sources: the log source of each launcher (``{"local": LocalLogSource(...)}``); tasks of a
             launcher without one are not followed (their ``finish`` calls back at once).
         clock: epoch seconds (tests).
+        late_seconds: how long after ``logs.final_wait_seconds`` a finished task's log is still read
+            (its last event already published) before it is ended where it is.
     """
 
     def __init__(
@@ -147,8 +153,10 @@ class LogPump:
         sources: Mapping[str, LogSource],
         *,
         clock: Callable[[], float] = time.time,
+        late_seconds: float = LATE_SECONDS,
     ) -> None:
         self._config = config
+        self._late_seconds = late_seconds
         self._sink = sink
         self._sources = dict(sources)
         self._clock = clock
@@ -228,13 +236,14 @@ class LogPump:
         """One round (see the module docstring). Returns whether a source had more than a round's worth."""
         now = self._clock()
         self._take_requests(now)
+        self._call_back_late(now)
         if now < self._retry_at:
             self._expire_finishes(now)
             return False
         if not self._resolve(now):
             return False
         entries: list[Entry] = []
-        lag_from: list[float] = []
+        lag_from: dict[float, int] = {}
         touched: set[str] = set()
         polled = 0
         for source in self._sources.values():
@@ -246,7 +255,7 @@ class LogPump:
                 polled += len(raws)
                 self._publish(task, raws, entries, lag_from)
         ended = self._ending(now, touched, entries)
-        published = sum(1 for e in entries if not e.end)
+        published = len(entries) - len(ended)
         try:
             self._sink.write(entries)
         except redis.RedisError as e:
@@ -270,6 +279,7 @@ class LogPump:
                     if task.finish_status is None:
                         task.finish_status = status
                         task.finish_deadline = now + self._config.final_wait_seconds
+                        task.give_up_at = task.finish_deadline + self._late_seconds
                         task.polled_since_finish = False
                         ended = getattr(task.source, "task_ended", None)
                         if task.resolved and callable(ended):
@@ -318,7 +328,7 @@ class LogPump:
     def _start(self, task: _Task, point: Resume) -> None:
         task.resolved = True
         task.seq = task.written_seq = point.seq
-        task.written_cursor = point.cursor
+        task.cursor = task.written_cursor = point.cursor
         if point.ended:  # a previous owner published the whole attempt, its end too
             self._tasks.pop(task.task.task_id, None)
             for callback in task.callbacks:
@@ -338,7 +348,9 @@ class LogPump:
                 extra=emoji(SUCCESS),
             )
 
-    def _publish(self, task: _Task, raws: list[RawLine], entries: list[Entry], lag_from: list[float]) -> None:
+    def _publish(
+        self, task: _Task, raws: list[RawLine], entries: list[Entry], lag_from: dict[float, int]
+    ) -> None:
         config = self._config
         for raw in raws:
             size = len(raw.text) + 1
@@ -360,7 +372,13 @@ class LogPump:
                 self._append(task, raw.stream, piece, raw, entries, lag_from)
 
     def _append(
-        self, task: _Task, stream: str, text: str, raw: RawLine, entries: list[Entry], lag_from: list[float]
+        self,
+        task: _Task,
+        stream: str,
+        text: str,
+        raw: RawLine,
+        entries: list[Entry],
+        lag_from: dict[float, int],
     ) -> None:
         task.seq += 1
         line = LogLine(
@@ -371,8 +389,9 @@ class LogPump:
             stream=stream,
             line=text,
         )
-        entries.append(line_entry(task.key, _ENCODER.encode(line), raw.cursor))
-        lag_from.append(raw.at)
+        entries.append(LineEntry(task.key, _ENCODER.encode(line), raw.cursor))
+        task.cursor = raw.cursor
+        lag_from[raw.at] = lag_from.get(raw.at, 0) + 1
 
     def _ending(self, now: float, touched: set[str], entries: list[Entry]) -> list[tuple[_Task, bool]]:
         """The finishing tasks whose log is complete (or whose wait is over): their end entries."""
@@ -386,68 +405,67 @@ class LogPump:
             else:
                 complete = task.polled_since_finish and task.task.task_id not in touched
             task.polled_since_finish = True
-            if complete or now >= task.finish_deadline:
+            if complete or now >= task.give_up_at:
                 entries.append(
-                    end_entry(task.key, task.task.attempt, task.finish_status, task.seq, task.dropped)
+                    EndEntry(task.key, task.task.attempt, task.finish_status, task.seq, task.dropped)
                 )
                 ended.append((task, complete))
         return ended
 
-    def _expire_finishes(self, now: float) -> None:
-        """While Redis is down: a finish whose wait is over is called back (False) and forgotten."""
-        for task in [t for t in self._tasks.values() if t.finish_status and now >= t.finish_deadline]:
-            self._tasks.pop(task.task.task_id, None)
-            task.source.unfollow(task.task.task_id)
-            for callback in task.callbacks:
-                _call(callback, False)
-
-    def _written(self, entries: list[Entry], lag_from: list[float], ended: list[tuple[_Task, bool]]) -> None:
-        if self._down:
-            self._down = False
-            log.info("log pump: Redis is back; publishing logs again", extra=emoji(SUCCESS))
-        self._backoff.reset()
-        written_at = self._clock()
-        lines = 0
-        size = 0
-        for entry in entries:
-            if not entry.end:
-                lines += 1
-                size += len(entry.fields["l"])
-        if lines:
-            metrics.LOG_LINES_PUBLISHED.inc(lines)
-            metrics.LOG_BYTES_PUBLISHED.inc(size)
-            for at in lag_from:
-                metrics.LOG_LAG.observe(max(0.0, written_at - at))
+    def _call_back_late(self, now: float) -> None:
+        """A finish whose wait is over is called back (False) now; its log is still read after."""
         for task in self._tasks.values():
-            task.written_seq = task.seq
-            task.written_marked = set(task.marked)
-        self._note_cursors(entries)
-        for task, complete in ended:
-            self._tasks.pop(task.task.task_id, None)
-            task.source.unfollow(task.task.task_id)
-            if not complete:
+            if task.callbacks and task.finish_status is not None and now >= task.finish_deadline:
                 log.warning(
-                    "the log of %s attempt %d was not complete after %.0f s; ended it there",
+                    "the log of %s attempt %d was not complete %.0f s after the task ended: its last "
+                    "event goes out now, the rest of its log follows",
                     task.task.deployment_id,
                     task.task.attempt,
                     self._config.final_wait_seconds,
                     extra=emoji(WARNING),
                 )
+                callbacks, task.callbacks = task.callbacks, []
+                for callback in callbacks:
+                    _call(callback, False)
+
+    def _expire_finishes(self, now: float) -> None:
+        """While Redis is down: a finished task past its last chance is forgotten (no end entry)."""
+        for task in [t for t in self._tasks.values() if t.finish_status and now >= t.give_up_at]:
+            self._tasks.pop(task.task.task_id, None)
+            task.source.unfollow(task.task.task_id)
+
+    def _written(
+        self, entries: list[Entry], lag_from: dict[float, int], ended: list[tuple[_Task, bool]]
+    ) -> None:
+        if self._down:
+            self._down = False
+            log.info("log pump: Redis is back; publishing logs again", extra=emoji(SUCCESS))
+        self._backoff.reset()
+        written_at = self._clock()
+        lines = len(entries) - len(ended)
+        if lines:
+            metrics.LOG_LINES_PUBLISHED.inc(lines)
+            metrics.LOG_BYTES_PUBLISHED.inc(sum(len(e.line) for e in entries if isinstance(e, LineEntry)))
+            for at, count in lag_from.items():
+                metrics.observe_many(metrics.LOG_LAG, max(0.0, written_at - at), count)
+        for task in self._tasks.values():
+            task.written_seq = task.seq
+            task.written_cursor = task.cursor
+            task.written_marked = set(task.marked)
+        for task, complete in ended:
+            self._tasks.pop(task.task.task_id, None)
+            task.source.unfollow(task.task.task_id)
+            if not complete:
+                log.warning(
+                    "the log of %s attempt %d was still not complete %.0f s after the task ended; "
+                    "ended it there",
+                    task.task.deployment_id,
+                    task.task.attempt,
+                    self._config.final_wait_seconds + self._late_seconds,
+                    extra=emoji(WARNING),
+                )
             for callback in task.callbacks:
                 _call(callback, complete)
-
-    def _note_cursors(self, entries: list[Entry]) -> None:
-        last: dict[str, str | bytes] = {}
-        for entry in entries:
-            cursor = entry.fields.get("c")
-            if cursor is not None:
-                last[entry.key] = cursor
-        if not last:
-            return
-        for task in self._tasks.values():
-            cursor = last.get(task.key)
-            if cursor is not None:
-                task.written_cursor = cursor if isinstance(cursor, str) else cursor.decode()
 
     def _write_failed(self, error: redis.RedisError, now: float) -> None:
         """Every task goes back to what its stream holds, to be read again from there."""
@@ -464,6 +482,7 @@ class LogPump:
                 continue
             if task.seq != task.written_seq:
                 task.seq = task.written_seq
+                task.cursor = task.written_cursor
                 task.marked = set(task.written_marked)
                 task.source.unfollow(task.task.task_id)
                 task.source.follow(task.task, task.written_cursor)

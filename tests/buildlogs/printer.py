@@ -1,7 +1,8 @@
 """A worker for tests and benchmarks: prints numbered lines at a steady rate, then exits.
 
-``printer.py LINES RATE [EXIT_CODE]``: ``LINES`` lines ``<deploymentId> line <n>`` (n from 0), about
-``RATE`` per second (0: as fast as it can), flushed in small batches; then exits with ``EXIT_CODE``.
+``printer.py LINES RATE [EXIT_CODE [stamp]]``: ``LINES`` lines ``<deploymentId> line <n>`` (n from 0),
+about ``RATE`` per second (0: as fast as it can), flushed in small batches; then exits with
+``EXIT_CODE``. With ``stamp`` each line ends with `` t=<epoch seconds it was written>`` (for lag).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ BATCH_SECONDS = 0.01
 def main(argv: list[str]) -> int:
     lines, rate = int(argv[1]), float(argv[2])
     code = int(argv[3]) if len(argv) > 3 else 0
+    stamp = len(argv) > 4 and argv[4] == "stamp"
     name = os.environ.get("DEPLOYMENT_ID", "job")
     out = sys.stdout
     started = time.monotonic()
@@ -23,7 +25,8 @@ def main(argv: list[str]) -> int:
     n = 0
     while n < lines:
         end = min(lines, n + per_batch)
-        out.write("".join(f"{name} line {i}\n" for i in range(n, end)))
+        suffix = f" t={time.time():.6f}\n" if stamp else "\n"
+        out.write("".join(f"{name} line {i}{suffix}" for i in range(n, end)))
         out.flush()
         n = end
         if rate:

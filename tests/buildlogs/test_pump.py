@@ -297,22 +297,27 @@ class EndlessSource:
         return False
 
 
-def test_a_log_that_does_not_end_in_time_is_ended_there_and_says_so(
+def test_a_log_that_does_not_end_in_time_is_called_back_then_ended_later(
     client: RedisClient, prefix: str, pumps: list[Pumped]
 ) -> None:
-    sink = RedisStreamSink(client, prefix, max_lines_kept=1000, ttl_seconds=600)
+    sink = RedisStreamSink(client, prefix, max_lines_kept=100_000, ttl_seconds=600)
     source = EndlessSource()
-    pump = LogPump(LogsConfig(poll_seconds=0.01, final_wait_seconds=0.3), sink, {"local": source})
+    config = LogsConfig(poll_seconds=0.01, final_wait_seconds=0.2)
+    pump = LogPump(config, sink, {"local": source}, late_seconds=0.5)
     pump.start()
     try:
         task = handle()
         flushed: list[bool] = []
         pump.finish(task, "succeeded", flushed.append)
+        # The finish is called back once the wait is over, saying the log is not complete
         wait_until(lambda: flushed, 30, "the finish to be called back")
         assert flushed == [False]
-        assert source.followed == set()
-        got = entries(client, sink.key("dep"))
+        # and the log is still read, then ended where it is once the last chance passed
+        key = sink.key("dep")
+        wait_until(lambda: not source.followed, 30, "the pump to give up on the log")
+        got = entries(client, key)
         assert isinstance(got[-1], LogEnd) and got[-1].last_seq == len(got) - 1
+        assert flushed == [False]
     finally:
         pump.close()
 
