@@ -16,7 +16,8 @@ All against the same Redis, in one run:
     with the time each was written; one :class:`~orchestrator.buildlogs.pump.LogPump` with the local
     source (in this process, its one thread) publishes them; a follower in another process
     ``XREAD BLOCK``s every tenth stream and notes when each line arrives. Figures: lines/s published
-    (every line, from the first worker's start until the pump has flushed the last one), follower
+    (every line, from the moment the workers start printing together until every stream has its
+    end entry), follower
     lag (written by the worker -> the follower has it) p50/p99/max, and CPU per 10,000 lines of this
     process (the pump), of the Redis server, and of the workers themselves.
     ``--flat-out`` adds a run with the workers printing as fast as they can (the caps raised out of
@@ -69,6 +70,8 @@ _LINE: Final = msgspec.json.Decoder(LogLine)
 #: The follower reads every this-many-th stream (lag is the same for all; reading all would make the
 #: follower, not the pump, what the machine spends its CPU on).
 SAMPLE_EVERY: Final = 10
+#: Time allowed per worker process to start before they all print together.
+START_SECONDS_PER_WORKER: Final = 0.06
 _STAMP: Final = re.compile(r" t=(\d+\.\d+)$")
 
 
@@ -156,6 +159,14 @@ def follower(url: str, keys: list[str], expected: int, results: multiprocessing.
     results.put((lags, last_arrival, expected))
 
 
+def all_ended(client: redis.Redis, keys: list[str]) -> bool:  # type: ignore[type-arg]
+    """Whether every stream's last entry is its end entry (the pump has published everything)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.xrevrange(key, count=1)
+    return all(last and b"e" in last[0][1] for last in pipe.execute())
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -207,7 +218,9 @@ def measure_end_to_end(
         pump.start()
         cpu_before = os.times()
         redis_before = redis_cpu(client)
-        started = time.time()
+        # The workers start printing together once all of them are up (starting 50 interpreters takes
+        # the machine a while, and is not what is measured).
+        started = time.time() + START_SECONDS_PER_WORKER * workers + 0.5
         children = []
         for handle in handles:
             path = Path(source.location_of(handle))
@@ -223,6 +236,7 @@ def measure_end_to_end(
                             "0" if flat_out_lines else str(rate),
                             "0",
                             "stamp",
+                            f"{started:.3f}",
                         ],
                         stdout=out,
                         env=env,
@@ -231,14 +245,14 @@ def measure_end_to_end(
             pump.follow(handle)
         if ready is not None:
             ready.set()
-        flushed: list[float] = []
         for child, handle in zip(children, handles, strict=True):
             child.wait(timeout=600)
-            pump.finish(handle, "succeeded", lambda _complete: flushed.append(time.time()))
+            pump.finish(handle, "succeeded")
         workers_cpu = os.times()  # the printers are reaped, the follower not yet
         deadline = time.monotonic() + 600
-        while len(flushed) < workers and time.monotonic() < deadline:
+        while not all_ended(client, keys) and time.monotonic() < deadline:
             time.sleep(0.01)
+        all_published = time.time()
         cpu_after = os.times()
         redis_after = redis_cpu(client)
         lags, _last_arrival, expected = results.get(timeout=600)
@@ -261,7 +275,7 @@ def measure_end_to_end(
         workers=workers,
         offered=0.0 if flat_out_lines else workers * rate,
         lines=published,
-        rate=published / max(max(flushed, default=started) - started, 1e-9),
+        rate=published / max(all_published - started, 1e-9),
         lag_p50_ms=percentile(lags, 0.50) * 1000,
         lag_p99_ms=percentile(lags, 0.99) * 1000,
         lag_max_ms=max(lags, default=float("nan")) * 1000,

@@ -72,7 +72,9 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 
 class _Bucket:
-    """A token bucket holding at most one second of ``rate``."""
+    """A token bucket holding one second of ``rate`` — or, after a longer pause between two reads of
+    the task, that pause's worth: what a worker wrote at the allowed rate while the pump was busy
+    elsewhere is not taken for a burst."""
 
     __slots__ = ("last", "rate", "tokens")
 
@@ -82,8 +84,9 @@ class _Bucket:
         self.last = now
 
     def take(self, amount: float, now: float) -> bool:
-        if now > self.last:
-            self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
+        elapsed = now - self.last
+        if elapsed > 0:
+            self.tokens = min(self.rate * max(1.0, elapsed), self.tokens + elapsed * self.rate)
             self.last = now
         if self.tokens >= amount:
             self.tokens -= amount
@@ -223,13 +226,15 @@ class LogPump:
 
     def _run(self) -> None:
         while not self._closed.is_set():
+            started = time.monotonic()
             busy = False
             try:
                 busy = self.run_round()
             except Exception:
                 log.exception("log pump round failed", extra=emoji(FAILURE))
             if not busy:
-                self._wake.wait(self._config.poll_seconds)
+                # Rounds start every poll_seconds (a long round is not followed by a full wait).
+                self._wake.wait(max(0.0, self._config.poll_seconds - (time.monotonic() - started)))
                 self._wake.clear()
 
     def run_round(self) -> bool:
@@ -290,7 +295,8 @@ class LogPump:
                     task = self._tasks.pop(task_id, None)
                     if task is not None:
                         task.source.unfollow(task_id)
-                        for callback in task.callbacks:
+                        callbacks, task.callbacks = task.callbacks, []
+                        for callback in callbacks:
                             _call(callback, False)
 
     def _add(self, handle: TaskHandle, now: float) -> _Task | None:

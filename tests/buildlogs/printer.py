@@ -1,8 +1,10 @@
 """A worker for tests and benchmarks: prints numbered lines at a steady rate, then exits.
 
-``printer.py LINES RATE [EXIT_CODE [stamp]]``: ``LINES`` lines ``<deploymentId> line <n>`` (n from 0),
-about ``RATE`` per second (0: as fast as it can), flushed in small batches; then exits with
-``EXIT_CODE``. With ``stamp`` each line ends with `` t=<epoch seconds it was written>`` (for lag).
+``printer.py LINES RATE [EXIT_CODE [stamp [START_AT]]]``: ``LINES`` lines ``<deploymentId> line <n>``
+(n from 0), about ``RATE`` per second (0: as fast as it can), flushed in small batches; then exits
+with ``EXIT_CODE``. With ``stamp`` each line ends with `` t=<epoch seconds it was written>`` (for
+lag); with ``START_AT`` (epoch seconds) it starts printing then, so that many workers started one
+after another print together.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ def main(argv: list[str]) -> int:
     lines, rate = int(argv[1]), float(argv[2])
     code = int(argv[3]) if len(argv) > 3 else 0
     stamp = len(argv) > 4 and argv[4] == "stamp"
+    if len(argv) > 5:
+        time.sleep(max(0.0, float(argv[5]) - time.time()))
     name = os.environ.get("DEPLOYMENT_ID", "job")
     out = sys.stdout
     started = time.monotonic()
