@@ -411,7 +411,10 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
         if self._logs is None or self._logs_key(handle) is None:
             send(True)
             return
-        status = publish.events[-1].status if publish.events else outcome
+        if publish.events:
+            status: str = publish.events[-1].status
+        else:  # no event: a silent retry of the attempt (its job republished), or a drop
+            status = "retrying" if publish.messages else outcome
         self._logs.finish(handle, status, send)
 
     def _stop_task(self, handle: TaskHandle, reason: str) -> None:

@@ -5,25 +5,27 @@ made since the last round (follow, finish, unfollow: any thread may make them, n
 in Redis where each newly followed attempt's log stands (one round trip for all of them), poll every
 source, turn each raw line into published lines — capped, shaped
 (:mod:`orchestrator.buildlogs.shaping`), numbered ``seq`` 1, 2, 3 … per (deploymentId, attempt) —
-and write all of the round's entries, for every job, in one Redis transaction.
+and write all of the round's entries, for every job, with one Redis command
+(:class:`~orchestrator.buildlogs.redis_stream.RedisStreamSink`).
 
 **Resuming.** Each published line is stored with its source cursor. A process that follows an
 attempt (after a launch, or adopting it after its owner died) reads the stream's last entry of that
 attempt and continues after it, with the next ``seq``, from that cursor: no line twice, none missed.
-A round's entries are written in one ``MULTI``/``EXEC``, so a process killed mid-write leaves all or
-none of them. When the write fails (Redis down) every task of the round goes back to where its
-stream stands and is read again from there next round.
+A round's entries are written by one Lua script call, which Redis runs atomically, so a process
+killed mid-write leaves all or none of them. When the write fails (Redis down) every task goes back
+to where its stream stands and is read again from there once Redis is back.
 
-**Caps.** Per job: lines and bytes per second (token buckets holding one second's worth) and in
-total. A line over a cap is dropped without being shaped, counted in
-``orchestrator_log_lines_dropped_total{reason}`` and in the attempt's end entry, and the first drop
-of each kind publishes one marker line (stream ``orchestrator``). What is held per task is bounded
-(its source keeps at most one unfinished line; the pump a few counters), whatever the task writes.
+**Caps.** Per job: lines and bytes per second (token buckets holding :data:`BURST_SECONDS` worth, or
+the pause since the task was last read) and in total. A line over a cap is dropped without being shaped,
+counted in ``orchestrator_log_lines_dropped_total{reason}`` and in the attempt's end entry, and the
+first drop of each kind publishes one marker line (stream ``orchestrator``). What is held per task is
+bounded (its source keeps at most one unfinished line; the pump a few counters), whatever it writes.
 
 **Finishing.** :meth:`LogPump.finish` (the task ended) makes the pump read the task's log to its end,
-then write the attempt's end entry and call back ``on_flushed(True)``; when that takes longer than
-``logs.final_wait_seconds`` it ends the attempt where it is and calls back ``on_flushed(False)``.
-Callbacks run on the pump's thread: they must only hand on (e.g. ``tell`` an actor).
+then write the attempt's end entry and call back ``on_flushed(True)``. When the log is not complete
+``logs.final_wait_seconds`` after the finish, ``on_flushed(False)`` is called then (the job's last
+event goes out, saying so) and the log is still read, for up to :data:`LATE_SECONDS` more, before
+its end entry is written. Callbacks run on the pump's thread: they must only hand on (``tell``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ ROUND_LINES: Final = 10_000
 MARKER_STREAM: Final = "orchestrator"
 #: Reasons of dropped lines (``orchestrator_log_lines_dropped_total{reason}``).
 DROP_REASONS: Final = metrics.LOG_DROP_REASONS
+#: The per-second caps let a job write this many seconds' worth at once.
+BURST_SECONDS: Final = 10.0
 #: After the final wait, how long a finished task's log is still read before it is ended where it is.
 LATE_SECONDS: Final = 60.0
 #: Bound of the pump's wait between two failed Redis writes.
@@ -72,21 +76,26 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 
 class _Bucket:
-    """A token bucket holding one second of ``rate`` — or, after a longer pause between two reads of
-    the task, that pause's worth: what a worker wrote at the allowed rate while the pump was busy
-    elsewhere is not taken for a burst."""
+    """A token bucket of ``rate`` per second holding up to :data:`BURST_SECONDS` of it — or, after a
+    longer pause between two reads of the task, that pause's worth.
 
-    __slots__ = ("last", "rate", "tokens")
+    The local source stamps a line when it reads it, not when the worker wrote it: a pump running
+    behind reads seconds of a well-behaved worker's output at once, which a one-second bucket would
+    take for a burst and drop.
+    """
 
-    def __init__(self, rate: float, now: float) -> None:
+    __slots__ = ("capacity", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, now: float, burst_seconds: float = BURST_SECONDS) -> None:
         self.rate = rate
-        self.tokens = rate
+        self.capacity = rate * burst_seconds
+        self.tokens = self.capacity
         self.last = now
 
     def take(self, amount: float, now: float) -> bool:
         elapsed = now - self.last
         if elapsed > 0:
-            self.tokens = min(self.rate * max(1.0, elapsed), self.tokens + elapsed * self.rate)
+            self.tokens = min(max(self.capacity, self.rate * elapsed), self.tokens + elapsed * self.rate)
             self.last = now
         if self.tokens >= amount:
             self.tokens -= amount

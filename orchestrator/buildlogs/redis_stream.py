@@ -4,14 +4,15 @@ Entries (every field a string):
 
 * a line: ``l`` = the JSON :class:`~orchestrator.buildlogs.model.LogLine`, ``c`` = the source cursor
   after it (what an adopter resumes from);
-* the end of an attempt: ``e`` = the attempt's final status (``succeeded``, ``failed``, ``retrying``,
-  ``timed_out``, ``stopped``, or ``unknown``), ``a`` = the attempt, ``s`` = its last ``seq``,
-  ``d`` = how many of its lines the caps dropped.
+* the end of an attempt: ``e`` = the status of the attempt's last event (``succeeded``, ``failed``,
+  ``stopped``, or ``retrying`` when another attempt follows), ``a`` = the attempt, ``s`` = its last
+  ``seq``, ``d`` = how many of its lines the caps dropped.
 
 Each ``XADD`` trims the stream to about ``logs.max_lines_kept`` entries (``MAXLEN ~``) and every
 write refreshes an ``EXPIRE`` of ``logs.ttl_seconds``, so a stream disappears that long after its
-last line, whether or not its job was seen to end. There is no pub/sub notification: a reader
-follows one deployment with ``XREAD BLOCK`` on its key (see README, "Build logs").
+last line, whether or not its job was seen to end. A round's entries, for every job, go in one Lua
+script call (atomic: all of them or none). There is no pub/sub notification: a reader follows one
+deployment with ``XREAD BLOCK`` on its key (see README, "Build logs").
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import msgspec
 from orchestrator.buildlogs.model import LogLine
 from orchestrator.coordination.client import RedisClient
 
-#: The status of an attempt ended without a known outcome (the pump was closed while finishing it).
-UNKNOWN_END: Final = "unknown"
 #: Entries read back (newest first) to find an attempt's last line when resuming.
 RESUME_SCAN: Final = 200
 

@@ -236,7 +236,7 @@ def test_over_a_rate_cap_lines_are_dropped_counted_and_one_marker_says_so(
     pumps.append(pumped)
     task = handle()
     dropped_before = metrics.LOG_LINES_DROPPED.labels(reason="rate")._value.get()
-    # When a worker prints 5,000 lines at once, far over 100 lines/s
+    # When a worker prints 5,000 lines at once, far over 100 lines/s (with its 10 s burst: 1,000)
     path = pumped.log_path(task)
     append(path, b"".join(b"spam %d\n" % n for n in range(5000)))
     pumped.pump.follow(task)
