@@ -39,7 +39,7 @@ from orchestrator.lifecycle import (
 )
 from orchestrator.lifecycle.launches import Dispatched, Follow, after_launch
 from orchestrator.lifecycle.model import LaunchErrorKind
-from orchestrator.logs import FAILURE, SUCCESS, WARNING, emoji
+from orchestrator.logs import FAILURE, SUCCESS, WARNING, job_fields
 from orchestrator.messages import EVENT_DECODER, SourceJob, StatusEvent
 from orchestrator.retry import RetryPolicy, note_pending_retry, publish_decision
 from orchestrator.runtime.actor import ActorReporter, SupervisedActor
@@ -194,7 +194,9 @@ class DispatcherActor(SupervisedActor[DispatcherMessage]):
                         attempt,
                         handle.task_id,
                         reason,
-                        extra=emoji(WARNING),
+                        extra=job_fields(
+                            job.deployment_id, attempt, handle.task_id, job_type=job.type, mark=WARNING
+                        ),
                     )
                     outcome = self._guard.last_outcome(job.deployment_id) if follower == "nobody" else None
                     self._publisher.tell(Publish(events=_answer(outcome), ack=done.delivery))
@@ -223,7 +225,9 @@ class DispatcherActor(SupervisedActor[DispatcherMessage]):
             job.deployment_id,
             done.request.attempt,
             handle.task_id,
-            extra=emoji(SUCCESS),
+            extra=job_fields(
+                job.deployment_id, done.request.attempt, handle.task_id, job_type=job.type, mark=SUCCESS
+            ),
         )
         return Publish(events=(event,), ack=done.delivery)
 
@@ -235,14 +239,13 @@ class DispatcherActor(SupervisedActor[DispatcherMessage]):
 
     def _failed(self, done: LaunchDone, error: LaunchError) -> None:
         job: SourceJob = done.request.job
+        fields = job_fields(job.deployment_id, done.request.attempt, job_type=job.type, mark=WARNING)
         if isinstance(error, JobConflictError):
-            log.warning("%s %s rejected: %s", job.type, job.deployment_id, error, extra=emoji(WARNING))
+            log.warning("%s %s rejected: %s", job.type, job.deployment_id, error, extra=fields)
             self._conclude(done, LaunchConflict(reason=str(error)))
             return
         if isinstance(error, AttemptOverError):
-            log.warning(
-                "%s %s: %s; dropping the duplicate", job.type, job.deployment_id, error, extra=emoji(WARNING)
-            )
+            log.warning("%s %s: %s; dropping the duplicate", job.type, job.deployment_id, error, extra=fields)
             self._conclude(done, LaunchDuplicate(reason=str(error)), answer=_answer(error.outcome))
             return
         kind = _error_kind(error)
@@ -270,7 +273,7 @@ class DispatcherActor(SupervisedActor[DispatcherMessage]):
             if isinstance(decision, ReleaseSlot):
                 self._release_unless_active(job.deployment_id)
                 continue
-            _log_decision(job, decision)
+            _log_decision(job, attempt, decision)
             if isinstance(decision, RetryLater):
                 note_pending_retry(self._shared, job.deployment_id, job.type, attempt, decision)
             if isinstance(decision, Drop) and answer:
@@ -309,7 +312,7 @@ def _answer(outcome: bytes | None) -> tuple[StatusEvent, ...]:
         return ()
 
 
-def _log_decision(job: SourceJob, decision: Finish | RetryLater | Drop) -> None:
+def _log_decision(job: SourceJob, attempt: int, decision: Finish | RetryLater | Drop) -> None:
     match decision:
         case Finish(status="failed"):
             log.error(
@@ -318,11 +321,15 @@ def _log_decision(job: SourceJob, decision: Finish | RetryLater | Drop) -> None:
                 job.deployment_id,
                 decision.reason,
                 decision.given_up,
-                extra=emoji(FAILURE),
+                extra=job_fields(job.deployment_id, attempt, job_type=job.type, mark=FAILURE),
             )
         case RetryLater(announce=True):
             log.warning(
-                "%s %s: %s; retrying", job.type, job.deployment_id, decision.reason, extra=emoji(WARNING)
+                "%s %s: %s; retrying",
+                job.type,
+                job.deployment_id,
+                decision.reason,
+                extra=job_fields(job.deployment_id, attempt, job_type=job.type, mark=WARNING),
             )
         case RetryLater():
             log.warning(
@@ -330,7 +337,7 @@ def _log_decision(job: SourceJob, decision: Finish | RetryLater | Drop) -> None:
                 job.type,
                 job.deployment_id,
                 decision.reason,
-                extra=emoji(WARNING),
+                extra=job_fields(job.deployment_id, attempt, job_type=job.type, mark=WARNING),
             )
         case _:
             pass

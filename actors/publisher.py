@@ -17,7 +17,7 @@ from orchestrator.commands import Publish
 from orchestrator.config import Config
 from orchestrator.delivery import Settler
 from orchestrator.errors import SinkError
-from orchestrator.logs import FAILURE, LogThrottle, emoji, suppressed_note
+from orchestrator.logs import FAILURE, LogThrottle, emoji, job_fields, status_mark, suppressed_note
 from orchestrator.messages import StatusEvent, encode
 from orchestrator.runtime.actor import ActorReporter, SupervisedActor
 from orchestrator.runtime.health import HealthBoard
@@ -194,19 +194,6 @@ class PublisherActor(SupervisedActor[Publish]):
             batch.publish.after()
 
 
-_STATUS_EMOJI = {
-    "succeeded": "✅",
-    "dispatched": "🔄",
-    "running": "🔄",
-    "queued": "🔄",
-    "retrying": "⚠️",
-    "timed_out": "⚠️",
-    "stopped": "⚠️",
-    "failed": "❌",
-    "rejected": "❌",
-}
-
-
 #: Rejections are the one status whose number an outsider controls: their lines are throttled.
 _REJECTION_LINES = LogThrottle()
 
@@ -217,7 +204,7 @@ def _log_event(event: StatusEvent) -> None:
         allowed, left_out = _REJECTION_LINES.allow()
         if not allowed:
             return
-    level = logging.WARNING if event.status in ("failed", "rejected") else logging.INFO
+    level, mark = status_mark(event.type, event.status)
     detail = f" ({event.reason})" if event.reason else ""
     log.log(
         level,
@@ -228,5 +215,12 @@ def _log_event(event: StatusEvent) -> None:
         event.status,
         detail,
         suppressed_note(left_out),
-        extra=emoji(_STATUS_EMOJI.get(event.status, "")),
+        extra=job_fields(
+            event.deployment_id,
+            event.attempt,
+            event.task_arn,
+            job_type=event.type,
+            status=event.status,
+            mark=mark,
+        ),
     )

@@ -24,7 +24,7 @@ from orchestrator.commands import Admit, Hold, Launch, Publish, Release, Stale, 
 from orchestrator.config import Config
 from orchestrator.delivery import Settler
 from orchestrator.events import make_event
-from orchestrator.logs import WARNING, emoji
+from orchestrator.logs import WARNING, job_fields
 from orchestrator.runtime.actor import ActorReporter, Drain, SupervisedActor
 from orchestrator.runtime.health import HealthBoard
 from orchestrator.runtime.scheduler import ScheduledCall
@@ -111,7 +111,7 @@ class RateLimiterActor(SupervisedActor[RateLimiterMessage]):
                     log.warning(
                         "following an adopted task of %s beyond the concurrency limit",
                         deployment_id,
-                        extra=emoji(WARNING),
+                        extra=job_fields(deployment_id, mark=WARNING),
                     )
             case Withdraw(delivery):
                 self._withdraw(lambda admit: admit.delivery == delivery)
@@ -139,7 +139,7 @@ class RateLimiterActor(SupervisedActor[RateLimiterMessage]):
                 "slot self-check: %s holds a slot but no job of it is followed or launching here; "
                 "releasing it",
                 deployment_id,
-                extra=emoji(WARNING),
+                extra=job_fields(deployment_id, mark=WARNING),
             )
             self._slots.release(deployment_id)
         metrics.SLOTS_RELEASED_BY_AUDIT.inc(len(leaked))

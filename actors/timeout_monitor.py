@@ -32,8 +32,8 @@ from orchestrator.events import MAX_REASON_CHARS, make_event
 from orchestrator.fencing import Fenced, fence, taken_elsewhere
 from orchestrator.launch.base import Launcher, TaskHandle, TaskState
 from orchestrator.launch.guard import GuardedLauncher
-from orchestrator.lifecycle import Attempt, ReleaseSlot, RetryLater, TaskEnded, conclude
-from orchestrator.logs import FAILURE, SUCCESS, WARNING, emoji
+from orchestrator.lifecycle import Attempt, Finish, ReleaseSlot, RetryLater, TaskEnded, conclude
+from orchestrator.logs import FAILURE, SUCCESS, WARNING, emoji, status_mark, task_fields
 from orchestrator.messages import Status
 from orchestrator.reconcile import Orphan
 from orchestrator.retry import (
@@ -61,9 +61,9 @@ LOG_INCOMPLETE: Final = (
 
 
 class StopDone(msgspec.Struct, frozen=True):
-    """From the executor: a StopTask call finished (``error`` empty when it succeeded)."""
+    """From the executor: a StopTask call of ``handle``'s task finished (``error`` empty if it succeeded)."""
 
-    task_id: str
+    handle: TaskHandle
     error: str = ""
 
 
@@ -172,9 +172,11 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
                 self._tasks_ended(states)
             case Adopted(orphans):
                 self._adopted(orphans)
-            case StopDone(task_id, error):
+            case StopDone(handle, error):
                 if error:
-                    log.error("could not stop %s: %s", task_id, error, extra=emoji(FAILURE))
+                    log.error(
+                        "could not stop %s: %s", handle.task_id, error, extra=task_fields(handle, FAILURE)
+                    )
             case StopRequest():
                 self._stops.request(message)
             case StopsSwept():
@@ -317,7 +319,7 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
                 if self._logs is not None:
                     self._logs.follow(handle)
                 self._rate_limiter.tell(Hold(handle.deployment_id))
-                log.info("following adopted task %s", handle.task_id, extra=emoji(SUCCESS))
+                log.info("following adopted task %s", handle.task_id, extra=task_fields(handle, SUCCESS))
         metrics.JOBS_RUNNING.set(len(self._table))
 
     # --- decisions ----------------------------------------------------------------------------
@@ -348,7 +350,7 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
             handle.deployment_id,
             handle.attempt,
             handle.task_id,
-            extra=emoji(WARNING),
+            extra=task_fields(handle, WARNING),
         )
         self._rate_limiter.tell(Release(handle.deployment_id))
         if self._logs is not None:
@@ -420,14 +422,19 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
     def _stop_task(self, handle: TaskHandle, reason: str) -> None:
         launcher = self._launchers.get(handle.launcher)
         if launcher is None:
-            log.error("no %s launcher to stop %s", handle.launcher, handle.task_id, extra=emoji(FAILURE))
+            log.error(
+                "no %s launcher to stop %s",
+                handle.launcher,
+                handle.task_id,
+                extra=task_fields(handle, FAILURE),
+            )
             return
 
         def stop() -> None:
             try:
                 launcher.stop(handle, reason)
             except Exception as e:
-                self.actor_ref.tell(StopDone(task_id=handle.task_id, error=str(e)))
+                self.actor_ref.tell(StopDone(handle=handle, error=str(e)))
 
         self._executor.submit(stop)
 
@@ -470,7 +477,7 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
                 handle.attempt,
                 ended.outcome,
                 type(decision).__name__,
-                extra=emoji(SUCCESS if ended.outcome == "succeeded" else WARNING),
+                extra=task_fields(handle, _decision_mark(handle.job_type, decision)),
             )
         if publish is not None:
             self._publish_after_logs(handle, publish, ended.outcome)
@@ -485,3 +492,10 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
         launcher = self._launchers.get(handle.launcher)
         if launcher is not None:
             self._background(launcher.forget, handle)
+
+
+def _decision_mark(job_type: str, decision: object) -> str:
+    """The emoji of what follows a task's end: a final status's own, else a warning (a retry, a drop)."""
+    if isinstance(decision, Finish):
+        return status_mark(job_type, decision.status)[1]
+    return WARNING

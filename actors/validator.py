@@ -16,7 +16,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.events import make_event
 from orchestrator.lifecycle import Attempt, Finish, Limits, Rejected, conclude
 from orchestrator.lifecycle.stops import retry_cancelled
-from orchestrator.logs import WARNING, LogThrottle, emoji, suppressed_note
+from orchestrator.logs import WARNING, LogThrottle, emoji, job_fields, suppressed_note
 from orchestrator.messages import JobBase, SourceJob, StatusEvent, StopJob
 from orchestrator.poison import POISON_REASON_CLASS, poison_reason
 from orchestrator.retry import CANCELLED_REASON, attempt_signer, dead_letter
@@ -92,7 +92,7 @@ class ValidatorActor(SupervisedActor[Incoming]):
                 outcome.type,
                 outcome.deployment_id,
                 attempt,
-                extra=emoji(WARNING),
+                extra=job_fields(outcome.deployment_id, attempt, job_type=outcome.type, mark=WARNING),
             )
             if waiting is None:
                 # A stop's sweep took the pending-retry record: it published the job's "stopped".
@@ -128,7 +128,7 @@ class ValidatorActor(SupervisedActor[Incoming]):
                 job.deployment_id,
                 ATTEMPT_HEADER,
                 delivery.attempt,
-                extra=emoji(WARNING),
+                extra=job_fields(job.deployment_id, attempt, job_type=job.type, mark=WARNING),
             )
         return attempt
 

@@ -5,8 +5,11 @@ exit code, never a traceback. A line about a dependency names its endpoint as ``
 password) and the cause: connection refused, DNS, authentication, virtual host, TLS, timeout, a
 missing exchange or queue.
 
-The global options ``--config FILE``, ``--log-format`` and ``--log-level`` go before or after the
-command (``orchestrator --config f.ini config`` = ``orchestrator config --config f.ini``).
+The global options ``--config FILE``, ``--log-format``, ``--log-level`` and ``--log-stream`` go before
+or after the command (``orchestrator --config f.ini config`` = ``orchestrator config --config f.ini``).
+``run`` writes its log lines to stdout (supervisord's ``.out.log``), the other commands to stderr,
+since their stdout is their result; ``--log-stream`` chooses otherwise. A command's own failure line
+is on stderr either way.
 
 Exit codes (every command):
 
@@ -52,7 +55,14 @@ from orchestrator.errors import (
     OrchestratorError,
     SinkError,
 )
-from orchestrator.logs import WARNING, emoji, setup_logging
+from orchestrator.logs import (
+    DEFAULT_COMMAND_LOG_STREAM,
+    DEFAULT_RUN_LOG_STREAM,
+    WARNING,
+    LogStream,
+    emoji,
+    setup_logging,
+)
 from orchestrator.redaction import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -67,6 +77,7 @@ EXIT_INTERRUPTED: Final = 130
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS: Final = ("text", "json")
+LOG_STREAMS: Final = ("stdout", "stderr")
 
 
 class InputError(OrchestratorError):
@@ -107,6 +118,13 @@ def _global_options(parser: argparse.ArgumentParser, *, on_command: bool) -> Non
         default=default("INFO"),
         metavar="LEVEL",
         help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)",
+    )
+    parser.add_argument(
+        "--log-stream",
+        choices=LOG_STREAMS,
+        default=default(None),
+        help=f"where log lines go (default {DEFAULT_RUN_LOG_STREAM} for run, "
+        f"{DEFAULT_COMMAND_LOG_STREAM} for the other commands, whose stdout is their result)",
     )
 
 
@@ -194,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
-        setup_logging(args.log_level, args.log_format)
+        setup_logging(args.log_level, args.log_format, _log_stream(args))
         if args.command == "validate":
             return _validate(args)
         if args.command == "config":
@@ -227,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("unexpected error", exc_info=True)
         _fail(f"unexpected error: {type(e).__name__}: {e} (--log-level DEBUG shows where)")
         return EXIT_FAILURE
+
+
+def _log_stream(args: argparse.Namespace) -> LogStream:
+    chosen: LogStream | None = args.log_stream
+    if chosen is not None:
+        return chosen
+    return DEFAULT_RUN_LOG_STREAM if args.command == "run" else DEFAULT_COMMAND_LOG_STREAM
 
 
 def _fail(line: str) -> None:
@@ -318,7 +343,7 @@ def _run(args: argparse.Namespace) -> int:
         log.warning(
             "no --config: built-in defaults in use (with any ORCH_* variables): broker %s, execute queue "
             "%s, local state dir %s, HTTP port %s:%d",
-            redact_url(config.broker.url),
+            ",".join(redact_url(url) for url in config.broker.urls),
             config.broker.execute_queue,
             config.local.state_dir,
             config.http.host,

@@ -72,12 +72,13 @@ def redact_body(body: bytes, *, max_decoded_bytes: int = DEFAULT_MAX_MESSAGE_BYT
 def _redact_json(body: bytes) -> bytes | None:
     """``body`` redacted string by string; None when it is not JSON or cannot be redacted that way."""
     try:
-        msgspec.json.decode(body)
+        # Checked as JSON without building its values (three times faster); UTF-8 on its own.
+        msgspec.json.decode(body, type=msgspec.Raw)
         text = body.decode("utf-8")
     except (msgspec.MsgspecError, RecursionError, ValueError):
         return None
     # Valid JSON has a '"' only in string literals, so the split is exact: odd parts are literals.
-    parts = _STRING_LITERAL.split(text)
+    parts = _split_literals(text)
     literals = parts[1::2]
     changed = _redact_secret_keys(text, parts, literals)
     # Only a literal holding one of these can hold a credential (an escape may stand for ":/@=").
@@ -100,15 +101,54 @@ def _redact_json(body: bytes) -> bytes | None:
     return "".join(parts).encode("utf-8")
 
 
+#: Characters per quote below which the literals are found by the regex rather than by ``str.split``
+#: (a Python step per quote costs about as much as the regex's scan of this many characters).
+_CHARS_PER_QUOTE: Final = 100
+
+
+def _split_literals(text: str) -> list[str]:
+    """``text`` (valid JSON) split into what lies between string literals and the literals, quotes
+    included: the odd items are the literals. The same as ``_STRING_LITERAL.split(text)``, several
+    times faster on long strings: ``str.split`` finds every quote, and a quote after an odd number of
+    backslashes (escaped) joins its neighbours again. (Text with many quotes goes to the regex.)"""
+    if text.count('"') * _CHARS_PER_QUOTE > len(text):
+        return _STRING_LITERAL.split(text)  # many short literals: the regex's C loop is faster
+    pieces = text.split('"')
+    parts: list[str] = []
+    current = [pieces[0]]
+    inside = False
+    for piece in pieces[1:]:
+        before = current[-1]
+        if inside and (len(before) - len(before.rstrip("\\"))) % 2 == 1:
+            current.append(piece)  # an escaped quote: still the same literal
+            continue
+        if inside:
+            parts.append('"' + '"'.join(current) + '"')
+        else:
+            parts.append('"'.join(current))
+        current = [piece]
+        inside = not inside
+    parts.append('"'.join(current))
+    return parts
+
+
+#: Names a key must end with (or be) to have its value redacted: scanned for in the whole text first
+#: when the document has many literals (one fast pass per name beats a Python step per literal).
+_KEY_NAMES: Final = (*TOKEN_NAME_ENDINGS, *TOKEN_NAMES_EXACT)
+#: Characters of text per literal above which the literals are checked one by one straight away.
+_SCAN_CHARS_PER_LITERAL: Final = 64
+
+
 def _redact_secret_keys(text: str, parts: list[str], literals: list[str]) -> bool:
     """Redact, in place, the string or number value of every key named like a token.
 
     ``parts`` alternates what lies between literals and the literals themselves (``literals`` is its
     odd half, a copy); returns whether anything was redacted.
     """
-    lowered = text.lower()
-    if not any(name in lowered for name in (*TOKEN_NAME_ENDINGS, *TOKEN_NAMES_EXACT)):
-        return False
+    if len(text) < _SCAN_CHARS_PER_LITERAL * len(literals):
+        lowered = text.lower()
+        if not any(name in lowered for name in _KEY_NAMES):
+            return False
     changed = False
     for k, literal in enumerate(literals):
         after = parts[2 * k + 2]

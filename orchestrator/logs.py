@@ -1,23 +1,32 @@
 """Logging set-up: human lines with the seed's emojis, or one JSON object per line for machines.
 
 The emoji says how a line reads at a glance: ✅ success, ⚠️ warning, ❌ failure, 🔄 in progress.
-Code picks one by passing ``extra={"emoji": PROGRESS}`` or by level (warnings and errors get theirs
-automatically). Every line goes through :func:`orchestrator.redaction.redact_text`, so a URL with a
+Code picks one by passing ``extra=emoji(PROGRESS)`` or by level (warnings and errors get theirs
+automatically). A line about a job passes ``extra=job_fields(deployment_id, attempt, task_arn,
+mark=...)`` instead: the JSON format then carries ``deploymentId``, ``attempt``, ``taskArn`` (and
+``type``, ``status`` when given) as keys of their own, while the text format shows only the message,
+which names the job already. A job's status is logged with the level and emoji of
+:func:`status_mark`, by what it means: a rejection is bad input (⚠️), a stop done as asked and a
+deploy that reached ``running`` are successes (✅), ❌ is for failures.
+
+Every line, and every field, goes through redaction (:mod:`orchestrator.redaction`), so a URL with a
 password never reaches a log.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import msgspec
 
-from orchestrator.redaction import redact_text
+from orchestrator.messages import JOB_TYPE_BY_NAME
+from orchestrator.redaction import redact_text, redact_values
 
 SUCCESS: Final = "✅"
 WARNING: Final = "⚠️"
@@ -25,6 +34,15 @@ FAILURE: Final = "❌"
 PROGRESS: Final = "🔄"
 
 LogFormat = Literal["text", "json"]
+LogStream = Literal["stdout", "stderr"]
+
+#: Where ``orchestrator run`` writes its log lines (supervisord keeps stdout in the ``.out.log``).
+DEFAULT_RUN_LOG_STREAM: Final[LogStream] = "stdout"
+#: Where the other commands write theirs: their standard output is their result.
+DEFAULT_COMMAND_LOG_STREAM: Final[LogStream] = "stderr"
+
+#: The record attribute :func:`job_fields` sets: the job's fields, by their JSON key.
+JOB_FIELDS_ATTRIBUTE: Final = "job_fields"
 
 _LEVEL_EMOJI: Final = {logging.WARNING: WARNING, logging.ERROR: FAILURE, logging.CRITICAL: FAILURE}
 _JSON: Final = msgspec.json.Encoder()
@@ -81,6 +99,79 @@ def emoji(kind: str) -> dict[str, str]:
     return {"emoji": kind}
 
 
+def job_fields(
+    deployment_id: str,
+    attempt: int | None = None,
+    task_arn: str | None = None,
+    *,
+    job_type: str | None = None,
+    status: str | None = None,
+    mark: str = "",
+) -> dict[str, object]:
+    """``extra=`` for a line about a job: its fields as keys of their own in JSON, with the emoji.
+
+    ``log.info("launched %s", arn, extra=job_fields(job.deployment_id, 2, arn, mark=SUCCESS))``.
+    Fields left ``None`` are left out; without ``mark`` the level's emoji is used.
+    """
+    fields = {
+        "deploymentId": deployment_id,
+        "attempt": attempt,
+        "taskArn": task_arn,
+        "type": job_type,
+        "status": status,
+    }
+    extra: dict[str, object] = {
+        JOB_FIELDS_ATTRIBUTE: {key: value for key, value in fields.items() if value is not None}
+    }
+    if mark:
+        extra["emoji"] = mark
+    return extra
+
+
+class TaskLike(Protocol):
+    """What :func:`task_fields` reads: a task handle, or a local task's record."""
+
+    @property
+    def deployment_id(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def job_type(self) -> str: ...
+
+
+def task_fields(task: TaskLike, mark: str = "") -> dict[str, object]:
+    """:func:`job_fields` of a line about one task of a job attempt."""
+    return job_fields(task.deployment_id, task.attempt, task.task_id, job_type=task.job_type, mark=mark)
+
+
+_STATUS_MARKS: Final[dict[str, tuple[int, str]]] = {
+    "queued": (logging.INFO, PROGRESS),
+    "dispatched": (logging.INFO, PROGRESS),
+    "running": (logging.INFO, PROGRESS),
+    "succeeded": (logging.INFO, SUCCESS),
+    # Only a stop request ends a job as "stopped": the stop did what it was asked.
+    "stopped": (logging.INFO, SUCCESS),
+    # Bad input, refused as designed: worth a look, not a failure of the job or of the orchestrator.
+    "rejected": (logging.WARNING, WARNING),
+    "retrying": (logging.WARNING, WARNING),
+    "timed_out": (logging.ERROR, FAILURE),
+    "failed": (logging.ERROR, FAILURE),
+}
+
+
+def status_mark(job_type: str, status: str) -> tuple[int, str]:
+    """The level and emoji of a line saying that a ``job_type`` job reached ``status``.
+
+    ``running`` is the goal of a job type that runs until stopped (``deploy``): ✅, not 🔄.
+    """
+    job_class = JOB_TYPE_BY_NAME.get(job_type)
+    if status == "running" and job_class is not None and job_class.runs_until_stopped:
+        return logging.INFO, SUCCESS
+    return _STATUS_MARKS.get(status, (logging.INFO, PROGRESS))
+
+
 def _emoji_of(record: logging.LogRecord) -> str:
     chosen = getattr(record, "emoji", None)
     if isinstance(chosen, str):
@@ -103,12 +194,31 @@ class TextFormatter(logging.Formatter):
         return redact_text(line)
 
 
+def rfc3339_utc(created: float) -> str:
+    """``created`` (epoch seconds) as RFC 3339 UTC with milliseconds: ``2026-12-03T07:41:02.123Z``."""
+    seconds = int(created)
+    millis = min(999, int((created - seconds) * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def _redacted_fields(fields: dict[str, object]) -> dict[str, object]:
+    """The job fields with every string value redacted, each as one whole value."""
+    keys = [key for key, value in fields.items() if isinstance(value, str)]
+    texts = [str(fields[key]) for key in keys]
+    redacted = redact_values(texts)
+    if redacted is None:
+        redacted = [redact_text(text) for text in texts]
+    return {**fields, **dict(zip(keys, redacted, strict=True))}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, ``emoji``, ``exc``."""
+    """One JSON object per line: ``ts`` (RFC 3339 UTC), ``level``, ``logger``, ``msg``, ``emoji``, the
+    job fields of :func:`job_fields` (``deploymentId``, ``attempt``, ``taskArn``, ``type``,
+    ``status``) when the line is about a job, and ``exc``."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
-            "ts": self.formatTime(record),
+            "ts": rfc3339_utc(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": redact_text(record.getMessage()),
@@ -116,14 +226,23 @@ class JsonFormatter(logging.Formatter):
         mark = _emoji_of(record)
         if mark:
             doc["emoji"] = mark
+        fields = getattr(record, JOB_FIELDS_ATTRIBUTE, None)
+        if isinstance(fields, dict):
+            doc.update(_redacted_fields(fields))
         if record.exc_info:
             doc["exc"] = redact_text(self.formatException(record.exc_info))
         return _JSON.encode(doc).decode()
 
 
-def setup_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
-    """Send the root logger to stderr in ``fmt``; quiet the chattiest libraries."""
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(
+    level: str = "INFO", fmt: LogFormat = "text", stream: LogStream = DEFAULT_RUN_LOG_STREAM
+) -> None:
+    """Send the root logger to ``stream`` in ``fmt``; quiet the chattiest libraries."""
+    out = sys.stdout if stream == "stdout" else sys.stderr
+    if isinstance(out, io.TextIOWrapper):
+        # As stderr does: a locale that cannot show an emoji gets an escape, not an error per line.
+        out.reconfigure(errors="backslashreplace")
+    handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -48,6 +48,9 @@ STATUS_SINKS: Final = ("amqp", "redis")
 PUBLISH_OUTCOMES: Final = ("ok", "error", "dropped")
 #: ``orchestrator_ecs_api_calls_total{operation}`` values: every ECS operation the launcher calls.
 ECS_OPERATIONS: Final = ("RunTask", "DescribeTasks", "ListTasks", "StopTask")
+#: ``orchestrator_broker_failovers_total{connection}`` values: the execute.queue consumer, and the
+#: confirming publisher (status events, retries, dead letters).
+BROKER_CONNECTIONS: Final = ("consumer", "publisher")
 
 #: ``orchestrator_log_lines_dropped_total{reason}`` values: over a per-second cap, or past a total one.
 LOG_DROP_REASONS: Final = ("rate", "total")
@@ -130,6 +133,11 @@ STATUS_EVENTS_PUBLISHED: Final = Counter(
 BROKER_CONNECTED: Final = Gauge(
     "orchestrator_broker_connected", "1 when the consuming AMQP connection is up."
 )
+BROKER_FAILOVERS: Final = Counter(
+    "orchestrator_broker_failovers_total",
+    "Broker connections that came back on another node of the cluster than the one they were on.",
+    ["connection"],
+)
 REDIS_CONNECTED: Final = Gauge("orchestrator_redis_connected", "1 when Redis answers.")
 LAUNCH_ERRORS: Final = Counter(
     "orchestrator_launch_errors_total",
@@ -182,6 +190,8 @@ def _initialise_closed_label_sets() -> None:
         LOG_LINES_DROPPED.labels(reason=reason)
     for operation in CLOUDWATCH_OPERATIONS:
         CLOUDWATCH_API_CALLS.labels(operation=operation)
+    for connection in BROKER_CONNECTIONS:
+        BROKER_FAILOVERS.labels(connection=connection)
     for launcher in LAUNCHERS:
         JOBS_DISPATCHED.labels(launcher=launcher)
         JOB_DURATION.labels(launcher=launcher)

@@ -18,7 +18,7 @@ import msgspec
 from orchestrator.coordination import DoneMarkers, InstanceRegistry
 from orchestrator.errors import OrchestratorError
 from orchestrator.launch.base import Launcher, TaskHandle
-from orchestrator.logs import PROGRESS, WARNING, emoji
+from orchestrator.logs import PROGRESS, WARNING, emoji, task_fields
 from orchestrator.messages import SourceJob
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ class Reconciler:
                 if not self._registry.claim_orphan(handle.task_id, self._me):
                     continue
             except OrchestratorError as e:
-                log.warning("reconcile: cannot claim %s (%s)", handle.task_id, e, extra=emoji(WARNING))
+                log.warning(
+                    "reconcile: cannot claim %s (%s)", handle.task_id, e, extra=task_fields(handle, WARNING)
+                )
                 continue
             orphans.append(Orphan(handle=handle, job=launcher.job_of(handle)))
             log.info(
@@ -106,6 +108,6 @@ class Reconciler:
                 handle.deployment_id,
                 handle.attempt,
                 handle.instance_id,
-                extra=emoji(PROGRESS),
+                extra=task_fields(handle, PROGRESS),
             )
         return orphans

@@ -30,7 +30,7 @@ from orchestrator.delivery import Delivery
 from orchestrator.errors import OrchestratorError
 from orchestrator.events import make_event
 from orchestrator.lifecycle import Drop, Finish, Limits, RetryLater
-from orchestrator.logs import WARNING, emoji
+from orchestrator.logs import WARNING, job_fields
 from orchestrator.messages import JobBase, encode
 from orchestrator.redaction import redact_text
 
@@ -61,7 +61,9 @@ class Retry(msgspec.Struct, frozen=True):
 
 def attempt_signer(config: Config) -> AttemptSigner:
     """The signer of retries' attempt numbers, with the key every process of this config shares."""
-    return AttemptSigner(signing_key(config.broker.retry_signing_key, config.broker.url, config.redis.url))
+    # The nodes in any order: processes may list a cluster's nodes in different orders (one URL: as before).
+    nodes = ",".join(sorted(config.broker.urls))
+    return AttemptSigner(signing_key(config.broker.retry_signing_key, nodes, config.redis.url))
 
 
 class RetryPolicy:
@@ -225,4 +227,8 @@ def note_pending_retry(
     try:
         shared.pending_retries.waiting(deployment_id, job_type, attempt, ttl)
     except OrchestratorError as e:
-        log.warning("cannot record the pending retry (%s)", e, extra=emoji(WARNING))
+        log.warning(
+            "cannot record the pending retry (%s)",
+            e,
+            extra=job_fields(deployment_id, attempt, job_type=job_type, mark=WARNING),
+        )

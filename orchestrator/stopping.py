@@ -30,7 +30,7 @@ from orchestrator.lifecycle.stops import (
     answer_stop,
     stopped_by_request,
 )
-from orchestrator.logs import PROGRESS, WARNING, emoji
+from orchestrator.logs import PROGRESS, WARNING, emoji, job_fields
 from orchestrator.messages import StatusEvent
 from orchestrator.retry import CANCELLED_REASON, STOP_MARKER_MARGIN_SECONDS
 from orchestrator.runtime.scheduler import ScheduledCall
@@ -238,7 +238,7 @@ class StopDesk:
                 "stopping %d task(s) of %s followed by another process",
                 len(others),
                 deployment_id,
-                extra=emoji(PROGRESS),
+                extra=job_fields(deployment_id, job_type=others[0].job_type, mark=PROGRESS),
             )
         return None
 
@@ -258,6 +258,10 @@ class StopDesk:
             stop = self._table.request_stop(t, "stop")
             if stop is not None:
                 self._stop_task(stop.tracked.handle, stop.reason)
+        first = tracked[0].handle
         log.info(
-            "stopping %d task(s) of %s", len(tracked), tracked[0].handle.deployment_id, extra=emoji(PROGRESS)
+            "stopping %d task(s) of %s",
+            len(tracked),
+            first.deployment_id,
+            extra=job_fields(first.deployment_id, job_type=first.job_type, mark=PROGRESS),
         )

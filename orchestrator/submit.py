@@ -5,7 +5,9 @@ password) and the cause — connection refused, DNS, authentication, virtual hos
 missing exchange or queue — raised as :class:`~orchestrator.errors.BrokerError` (RabbitMQ) or
 :class:`~orchestrator.errors.CoordinationError` (Redis); the CLI exits 4 on either. Connection
 timeouts: RabbitMQ's are pika's, which ``broker.url`` may set (``?socket_timeout=2&stack_timeout=5``;
-default 10 s and 15 s), Redis's ``redis.socket_timeout_seconds``.
+default 10 s and 15 s), Redis's ``redis.socket_timeout_seconds``. With several nodes in ``broker.url``
+each is tried in order until one answers; a connection lost while publishing or following events
+moves on to the next node.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import pika
@@ -27,9 +29,11 @@ from orchestrator.broker.connection import (
     PRODUCT,
     connection_name,
 )
+from orchestrator.broker.nodes import BrokerNode
 from orchestrator.config import Config
 from orchestrator.connect_errors import connection_cause, endpoint, error_chain
 from orchestrator.errors import BrokerError, CoordinationError
+from orchestrator.logs import status_mark
 from orchestrator.messages import EVENT_DECODER, TERMINAL_STATUSES, JobBase, StatusEvent, encode
 from orchestrator.redaction import redact_text
 from orchestrator.validation import JobValidator, Rejection
@@ -38,15 +42,6 @@ EXIT_SUCCEEDED: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_INVALID: Final = 2
 EXIT_TIMEOUT: Final = 3
-
-_EMOJI: Final = {
-    "succeeded": "✅",
-    "failed": "❌",
-    "rejected": "❌",
-    "timed_out": "⚠️",
-    "retrying": "⚠️",
-    "stopped": "⚠️",
-}
 
 
 def submit(
@@ -82,38 +77,54 @@ def submit(
 
 
 def _publish(config: Config, body: bytes) -> None:
-    connection = _connect_broker(config)
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.basic_publish(
-            exchange=config.broker.exchange,
-            routing_key=config.broker.execute_queue,
-            body=body,
-            properties=pika.BasicProperties(
-                delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"
-            ),
-            mandatory=True,
-        )
-    except pika.exceptions.UnroutableError:
-        raise BrokerError(
-            f"RabbitMQ at {endpoint(config.broker.url)}: the job could not be routed to queue "
-            f"{config.broker.execute_queue!r} (no such queue bound to exchange {config.broker.exchange!r}): "
-            "is the orchestrator's topology declared (start the orchestrator once)?"
-        ) from None
-    except (pika.exceptions.AMQPError, OSError) as e:
-        raise BrokerError(_broker_failure(config, "publishing the job", e)) from None
-    finally:
-        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-            connection.close()
+    """Publish the job, confirmed, to the first node of ``broker.url`` that answers.
+
+    A connection lost before the confirm came is tried again on the next node (at most once per
+    node): the job may then arrive twice, which the orchestrator treats as the duplicate it is.
+    """
+    nodes = len(config.broker.urls)
+    start, losses = 0, []
+    while True:
+        connection, index = _connect_broker(config, start=start)
+        node = BrokerNode.of(config.broker.urls[index])
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.basic_publish(
+                exchange=config.broker.exchange,
+                routing_key=config.broker.execute_queue,
+                body=body,
+                properties=pika.BasicProperties(
+                    delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"
+                ),
+                mandatory=True,
+            )
+            return
+        except pika.exceptions.UnroutableError:
+            raise BrokerError(
+                f"RabbitMQ at {node.endpoint}: the job could not be routed to queue "
+                f"{config.broker.execute_queue!r} (no such queue bound to exchange "
+                f"{config.broker.exchange!r}): is the orchestrator's topology declared (start the "
+                "orchestrator once)?"
+            ) from None
+        except (pika.exceptions.AMQPConnectionError, OSError) as e:
+            losses.append(_broker_failure(node, "publishing the job", e))
+            if len(losses) >= nodes:
+                raise BrokerError("; ".join(losses)) from None
+            print(f"⚠️ {losses[-1]}; publishing on the next node", file=sys.stderr)
+            start = index + 1
+        except pika.exceptions.AMQPError as e:
+            raise BrokerError(_broker_failure(node, "publishing the job", e)) from None
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.close()
 
 
 # --- describing failures -------------------------------------------------------------------------
 
-
-def _broker_failure(config: Config, doing: str, error: BaseException) -> str:
+def _broker_failure(node: BrokerNode, doing: str, error: BaseException) -> str:
     """One line for a failure after connecting: a refused operation, or the connection lost."""
-    failed = f"RabbitMQ at {endpoint(config.broker.url)}: {doing} failed"
+    failed = f"RabbitMQ at {node.endpoint}: {doing} failed"
     for e in error_chain(error):
         if isinstance(e, pika.exceptions.ChannelClosedByBroker):
             if e.reply_code == 404:
@@ -126,24 +137,35 @@ def _broker_failure(config: Config, doing: str, error: BaseException) -> str:
             return f"{failed}: {e.reply_code} {e.reply_text}"
         if isinstance(e, pika.exceptions.ConnectionBlockedTimeout):
             return f"{failed}: the broker blocked the connection (a resource alarm: memory or disk)"
-    cause = connection_cause(error, what="RabbitMQ", key="broker.url", url=config.broker.url)
+    cause = connection_cause(error, what="RabbitMQ", key="broker.url", url=node.url)
     return f"{failed}: connection lost ({cause})"
 
 
-def _connect_broker(config: Config) -> pika.BlockingConnection:
-    """A connection to RabbitMQ, or :class:`BrokerError` naming the endpoint and the cause."""
-    try:
-        params = pika.URLParameters(config.broker.url)
-    except (ValueError, TypeError) as e:
-        raise BrokerError(f"broker.url: {redact_text(str(e))}") from None
-    params.client_properties = {"connection_name": connection_name("submit"), "product": PRODUCT}
-    if params.blocked_connection_timeout is None:
-        params.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT_SECONDS
-    try:
-        return pika.BlockingConnection(params)
-    except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as e:
-        cause = connection_cause(e, what="RabbitMQ", key="broker.url", url=config.broker.url)
-        raise BrokerError(f"cannot connect to RabbitMQ at {endpoint(config.broker.url)}: {cause}") from None
+def _connect_broker(config: Config, *, start: int = 0) -> tuple[pika.BlockingConnection, int]:
+    """A connection to the first node of ``broker.url`` that answers, trying them in order from
+    ``start`` (wrapping round), and that node's index; :class:`BrokerError` naming every node tried
+    and its cause when none does."""
+    urls = config.broker.urls
+    failures = []
+    for offset in range(len(urls)):
+        index = (start + offset) % len(urls)
+        url = urls[index]
+        try:
+            params = pika.URLParameters(url)
+        except (ValueError, TypeError) as e:
+            failures.append(f"{endpoint(url)}: broker.url: {redact_text(str(e))}")
+            continue
+        params.client_properties = {"connection_name": connection_name("submit"), "product": PRODUCT}
+        if params.blocked_connection_timeout is None:
+            params.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT_SECONDS
+        try:
+            return pika.BlockingConnection(params), index
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError) as e:
+            cause = connection_cause(e, what="RabbitMQ", key="broker.url", url=url)
+            failures.append(f"{endpoint(url)}: {cause}")
+    if len(failures) == 1:
+        raise BrokerError(f"cannot connect to RabbitMQ at {failures[0]}")
+    raise BrokerError(f"cannot connect to any of {len(urls)} RabbitMQ nodes: {'; '.join(failures)}")
 
 
 EventSource = Callable[[float], StatusEvent | None]
@@ -194,30 +216,53 @@ def _redis_events(config: Config) -> Iterator[EventSource]:
 
 @contextlib.contextmanager
 def _amqp_events(config: Config) -> Iterator[EventSource]:
-    connection = _connect_broker(config)
-    try:
-        channel = connection.channel()
-        private = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        channel.queue_bind(private, config.broker.exchange, routing_key=config.status.queue)
-    except (pika.exceptions.AMQPError, OSError) as e:
-        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-            connection.close()
-        doing = f"subscribing to {config.status.queue!r} events on exchange {config.broker.exchange!r}"
-        raise BrokerError(_broker_failure(config, doing, e)) from None
+    """Events from a private queue bound to the status routing key. When its node is lost, the
+    subscription moves to the next node that answers (events published meanwhile may be missed)."""
+    doing = f"subscribing to {config.status.queue!r} events on exchange {config.broker.exchange!r}"
+    current: list[tuple[pika.BlockingConnection, Any, str, int]] = []
+
+    def subscribe(start: int) -> None:
+        connection, index = _connect_broker(config, start=start)
+        try:
+            channel = connection.channel()
+            private = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            channel.queue_bind(private, config.broker.exchange, routing_key=config.status.queue)
+        except (pika.exceptions.AMQPError, OSError) as e:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.close()
+            node = BrokerNode.of(config.broker.urls[index])
+            raise BrokerError(_broker_failure(node, doing, e)) from None
+        current[:] = [(connection, channel, private, index)]
 
     def next_event(timeout: float) -> StatusEvent | None:
+        connection, channel, private, index = current[0]
         try:
             for _method, _props, body in channel.consume(private, auto_ack=True, inactivity_timeout=timeout):
                 return _decode(body) if body is not None else None
-        except (pika.exceptions.AMQPError, OSError) as e:
-            raise BrokerError(_broker_failure(config, "following the job's events", e)) from None
+        except (pika.exceptions.AMQPConnectionError, OSError) as e:
+            node = BrokerNode.of(config.broker.urls[index])
+            lost = _broker_failure(node, "following the job's events", e)
+            if len(config.broker.urls) == 1:
+                raise BrokerError(lost) from None
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.close()
+            subscribe(index + 1)
+            moved = BrokerNode.of(config.broker.urls[current[0][3]])
+            print(
+                f"⚠️ {lost}; following the events on {moved.endpoint} (any published meanwhile are missed)",
+                file=sys.stderr,
+            )
+        except pika.exceptions.AMQPError as e:
+            node = BrokerNode.of(config.broker.urls[index])
+            raise BrokerError(_broker_failure(node, "following the job's events", e)) from None
         return None
 
+    subscribe(0)
     try:
         yield next_event
     finally:
         with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-            connection.close()
+            current[0][0].close()
 
 
 def _decode(data: bytes) -> StatusEvent | None:
@@ -284,7 +329,7 @@ def _follow(
 
 
 def _describe(event: StatusEvent) -> str:
-    mark = _EMOJI.get(event.status, "🔄")
+    _level, mark = status_mark(event.type, event.status)
     parts = [f"{mark} {event.type} {event.deployment_id} attempt {event.attempt}: {event.status}"]
     if event.task_arn:
         parts.append(f"task {event.task_arn}")

@@ -14,6 +14,8 @@ Exit codes (the orchestrator reports them; ``limits.no_retry_exit_codes`` can na
 
 Test knobs (for tests and benchmarks only, never set in production):
 ``WORKER_SLEEP_SECONDS`` sleeps that long before exiting (a long-running task);
+``WORKER_SERVE_SECONDS`` keeps a job that runs until stopped (a ``deploy``) up that long after a
+successful build, as the deployed service would be, until it is stopped (SIGTERM);
 ``WORKER_EXIT_CODE`` replaces the exit code the worker would have returned.
 """
 
@@ -49,6 +51,7 @@ EXIT_TERMINATED: Final = 128 + int(signal.SIGTERM)
 #: Test knobs (see the module docstring).
 ENV_SLEEP_SECONDS: Final = "WORKER_SLEEP_SECONDS"
 ENV_EXIT_CODE: Final = "WORKER_EXIT_CODE"
+ENV_SERVE_SECONDS: Final = "WORKER_SERVE_SECONDS"
 
 CLONE_TIMEOUT_SECONDS: Final = 600.0
 GIT_ALLOWED_PROTOCOLS: Final = "https:http:ssh:git:file"
@@ -192,6 +195,10 @@ def run(env: Mapping[str, str]) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     say(SUCCESS, f"{job.type} {job.deployment_id} done")
+    serve = float(env.get(ENV_SERVE_SECONDS) or 0)
+    if serve > 0 and job.runs_until_stopped:
+        say(PROGRESS, f"{job.type} {job.deployment_id} serving until stopped (at most {serve:g} s)")
+        time.sleep(serve)  # SIGTERM ends it (see _terminate)
     return EXIT_OK
 
 

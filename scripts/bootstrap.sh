@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install the project with its test extras (again only when the packaging files
-# change), then make sure RabbitMQ and Redis are listening. Sourced by scripts/test and
-# scripts/quickstart; safe to run on its own.
+# change), then make sure RabbitMQ and Redis are listening and promtool is installed (for the
+# deploy/prometheus tests; never fatal). Sourced by scripts/test and scripts/quickstart; safe to run
+# on its own.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,3 +23,4 @@ if [[ ! -f $stamp ]]; then
     rm -f .venv/.installed-* && touch "$stamp"
 fi
 scripts/services.sh
+scripts/promtool.sh

@@ -2,8 +2,12 @@
 
 Creates a small git repository to build (the examples name GitHub repositories, which a machine
 without network cannot clone), points the example jobs at it, starts ``orchestrator run``, submits
-each job with ``orchestrator submit --wait`` and stops the orchestrator gracefully at the end.
-Everything it writes is under ``var/quickstart/``.
+each example with ``orchestrator submit --wait`` — build, test, deploy (which stays up, as a deployed
+service does) and the stop that ends the deploy — and stops the orchestrator gracefully at the end.
+
+Everything it writes is under ``var/quickstart/``; its queues, exchange and Redis keys are named
+``quickstart*``. It removes them, and the tasks' state, when it ends (and, first, whatever an
+interrupted run left), so a second run starts from nothing and shows the same result.
 """
 
 from __future__ import annotations
@@ -22,13 +26,17 @@ import urllib.request
 from pathlib import Path
 
 import pika
+import redis
 
-from orchestrator.config import load_config
+from orchestrator.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HEALTH_WAIT_SECONDS = 60.0
-EXAMPLES = ("build", "test", "deploy")
+EXAMPLES = ("build", "test", "deploy", "stop")
+RUN_ID = "quickstart"
+#: How long the quickstart's deploy stays up unless stopped (the stop example ends it at once).
+SERVE_SECONDS = 600
 
 
 def free_port() -> int:
@@ -74,7 +82,7 @@ def make_demo_repository(path: Path, examples: list[dict[str, object]]) -> str:
 
 
 def write_config(work: Path, port: int) -> Path:
-    run_id = f"quickstart.{os.getpid()}"
+    run_id = RUN_ID
     config = work / "orchestrator.ini"
     config.write_text(
         f"""[broker]
@@ -96,6 +104,8 @@ default = local
 
 [local]
 state_dir = {work / "state"}
+# the reference worker's knob that keeps the deploy up until the stop example ends it
+pass_env = WORKER_SERVE_SECONDS
 
 [limits]
 poll_seconds = 0.2
@@ -133,20 +143,50 @@ def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"❌ {url} did not answer 200 within {HEALTH_WAIT_SECONDS:.0f} s")
 
 
-def remove_queues(config: Path) -> None:
-    """Delete this run's queues and exchange: every quickstart run uses names of its own."""
-    loaded = load_config(config, environ={})
-    broker = loaded.broker
-    names = [broker.execute_queue, broker.dlq, loaded.status.queue]
-    names += [f"{broker.retry_queue_prefix}.{delay}s" for delay in loaded.limits.retry_delays]
+def show_expected_rejection(argv: list[str]) -> int:
+    """Run ``orchestrator validate`` on an attack and show its reasons as what they are here: the
+    expected outcome of bad input (⚠️), not a failure of the quickstart (❌). Returns its exit code."""
+    checked = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if checked.returncode != 2:
+        print(checked.stdout + checked.stderr, end="")
+        print(f"❌ expected exit 2 (invalid), got {checked.returncode}")
+        return checked.returncode
+    for line in checked.stderr.splitlines():
+        print(f"⚠️ rejected, as expected: {line.removeprefix('❌ ')}")
+    return checked.returncode
+
+
+def remove_leftovers(config: Config, work: Path) -> list[str]:
+    """Delete this quickstart's queues, exchange, Redis keys and task state; what was found left."""
+    broker = config.broker
+    found: list[str] = []
+    names = [broker.execute_queue, broker.dlq, config.status.queue]
+    names += [f"{broker.retry_queue_prefix}.{delay}s" for delay in config.limits.retry_delays]
     connection = pika.BlockingConnection(pika.URLParameters(broker.url))
     try:
-        channel = connection.channel()
         for name in names:
-            channel.queue_delete(name)
-        channel.exchange_delete(broker.exchange)
+            channel = connection.channel()
+            try:
+                channel.queue_declare(name, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                continue  # not there
+            found.append(f"queue {name}")
+            connection.channel().queue_delete(name)
+        connection.channel().exchange_delete(broker.exchange)
     finally:
         connection.close()
+    client = redis.Redis.from_url(config.redis.url)
+    try:
+        keys = list(client.scan_iter(f"{config.redis.key_prefix}:*", count=1000))
+        found += [f"Redis key {k.decode()}" for k in keys]
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+    tasks = work / "state" / "tasks"
+    found += [f"task file {p.name}" for p in sorted(tasks.glob("*"))] if tasks.is_dir() else []
+    shutil.rmtree(work / "state", ignore_errors=True)
+    return found
 
 
 def main() -> int:
@@ -157,14 +197,21 @@ def main() -> int:
     work = ROOT / "var" / "quickstart"
     work.mkdir(parents=True, exist_ok=True)
     examples = {name: json.loads((ROOT / "examples" / f"{name}.json").read_text()) for name in EXAMPLES}
-    repository = make_demo_repository(work / "demo-app", list(examples.values()))
+    repository = make_demo_repository(work / "demo-app", [j for j in examples.values() if "repository" in j])
     port = free_port()
-    config = write_config(work, port)
+    config_path = write_config(work, port)
+    config = load_config(config_path, environ={})
+    if leftovers := remove_leftovers(config, work):
+        print(f"⚠️ removed what an interrupted quickstart left: {', '.join(leftovers)}")
     log_path = work / "orchestrator.log"
     print(f"🔄 starting the orchestrator (log: {log_path.relative_to(ROOT)})")
+    environment = os.environ | {"WORKER_SERVE_SECONDS": str(SERVE_SECONDS)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(BIN / "orchestrator"), "run", "--config", str(config)], stdout=log, stderr=log
+            [str(BIN / "orchestrator"), "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=log,
+            env=environment,
         )
     results: list[tuple[str, int]] = []
     try:
@@ -172,8 +219,10 @@ def main() -> int:
         jobs = work / "jobs"
         jobs.mkdir(exist_ok=True)
         for name, job in examples.items():
-            job["repository"] = repository
-            job["deploymentId"] = f"quickstart-{name}-{os.getpid()}"
+            if "repository" in job:
+                job["repository"] = repository
+            # the stop names the deploy it ends
+            job["deploymentId"] = f"quickstart-{'deploy' if name == 'stop' else name}"
             path = jobs / f"{name}.json"
             path.write_text(json.dumps(job))
             print(f"\n🔄 {name}: orchestrator submit --wait {path.relative_to(ROOT)}")
@@ -185,19 +234,14 @@ def main() -> int:
                     "--timeout",
                     str(args.timeout),
                     "--config",
-                    str(config),
+                    str(config_path),
                     str(path),
                 ]
             )
             results.append((name, code))
-        print("\n🔄 an attack is rejected before it reaches a worker:")
-        code = subprocess.call(
-            [
-                str(BIN / "orchestrator"),
-                "validate",
-                str(ROOT / "examples" / "invalid" / "credentials-in-url.json"),
-            ]
-        )
+        attack = Path("examples") / "invalid" / "credentials-in-url.json"
+        print(f"\n🔄 an attack, rejected before it reaches a worker: orchestrator validate {attack}")
+        code = show_expected_rejection([str(BIN / "orchestrator"), "validate", str(ROOT / attack)])
         results.append(("rejected attack (exit 2 expected)", code))
     finally:
         process.send_signal(signal.SIGTERM)
@@ -205,13 +249,21 @@ def main() -> int:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-    print(f"\n✅ orchestrator stopped (exit {process.returncode}); worker logs: {work / 'state' / 'logs'}")
-    remove_queues(config)
+    print(f"\n✅ orchestrator stopped (exit {process.returncode}); its log: {log_path.relative_to(ROOT)}")
+    tasks_left = sorted(p.name for p in (work / "state" / "tasks").glob("*.json"))
+    logs = work / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    if (work / "state" / "logs").is_dir():
+        shutil.move(work / "state" / "logs", logs)  # the workers' output, kept to read
+    remove_leftovers(config, work)
+    print(f"✅ queues, Redis keys and task state removed; the workers' logs: {logs.relative_to(ROOT)}")
     print("\nsummary:")
     for name, code in results:
         print(f"  {'✅' if code in (0, 2) else '❌'} {name}: exit {code}")
+    if tasks_left:
+        print(f"  ❌ tasks still recorded when the orchestrator stopped: {', '.join(tasks_left)}")
     ok = all(code == 0 for name, code in results[:-1]) and results[-1][1] == 2 and process.returncode == 0
-    return 0 if ok else 1
+    return 0 if ok and not tasks_left else 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 import pika
 
-from orchestrator.config import Config, load_config
+from orchestrator.config import BrokerConfig, Config, load_config
 
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -145,13 +145,18 @@ def isolated_config(prefix: str, **keys: Any) -> Config:
     return with_overrides(load_config(environ={}), **(names | keys))
 
 
+def broker_connection(broker: BrokerConfig) -> pika.BlockingConnection:
+    """A blocking connection to the first node of ``broker.url`` that answers (one URL, or a cluster's)."""
+    return pika.BlockingConnection([pika.URLParameters(url) for url in broker.urls])
+
+
 def delete_broker_objects(config: Config) -> None:
     """Delete the queues (every retry tier too) and the exchange that ``config`` names."""
     broker = config.broker
     names = [broker.execute_queue, broker.dlq, config.status.queue]
     names += [f"{broker.retry_queue_prefix}.{d}s" for d in config.limits.retry_delays]
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        connection = broker_connection(broker)
     except pika.exceptions.AMQPError:
         return
     try:

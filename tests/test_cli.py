@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import __version__
+from orchestrator import __version__, cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
@@ -182,3 +182,21 @@ def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"orchestrator {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "stream"),
+    [
+        (["run"], "stdout"),
+        (["validate", "x.json"], "stderr"),
+        (["config"], "stderr"),
+        (["submit", "x.json"], "stderr"),
+        (["--log-stream", "stderr", "run"], "stderr"),
+        (["run", "--log-stream", "stderr"], "stderr"),
+        (["config", "--log-stream", "stdout"], "stdout"),
+    ],
+)
+def test_log_lines_go_to_stdout_for_run_and_to_stderr_for_commands_whose_stdout_is_their_result(
+    argv: list[str], stream: str
+) -> None:
+    assert cli._log_stream(cli.build_parser().parse_args(argv)) == stream

@@ -9,6 +9,7 @@ listens and never answers, DNS a name under ``.invalid`` (RFC 6761: never resolv
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -487,3 +488,42 @@ def test_run_with_a_config_does_not_warn(tmp_path: Path) -> None:
     config.write_text(f"[local]\nstate_dir = {tmp_path / 'state'}\n")
     result = run_with_its_port_taken("run", "--config", str(config), env={})
     assert "built-in defaults" not in result.stdout + result.stderr
+
+
+# --- where run's log lines go ----------------------------------------------------------------------
+
+
+def test_run_writes_every_log_line_to_stdout_warnings_and_errors_too(tmp_path: Path) -> None:
+    result = run_with_its_port_taken("run", env={"ORCH_LOCAL_STATE_DIR": str(tmp_path / "state")})
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    # (the logger is __main__ under ``python -m orchestrator.cli``)
+    assert any(" WARNING " in line and "⚠️ no --config: built-in defaults" in line for line in lines)
+    assert any(" ERROR orchestrator.app ❌ start-up failed: cannot serve /health" in line for line in lines)
+    assert any(" INFO orchestrator.runtime.supervisor 🔄 starting " in line for line in lines)
+
+
+def test_run_with_log_stream_stderr_writes_its_log_lines_there(tmp_path: Path) -> None:
+    result = run_with_its_port_taken(
+        "run", "--log-stream", "stderr", env={"ORCH_LOCAL_STATE_DIR": str(tmp_path / "state")}
+    )
+    assert result.stdout == ""
+    assert "❌ start-up failed: cannot serve /health" in result.stderr
+
+
+def test_run_json_log_lines_carry_an_rfc3339_utc_timestamp(tmp_path: Path) -> None:
+    # Given a local time zone far from UTC (a POSIX TZ string: no tzdata needed)
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    result = run_with_its_port_taken(
+        "--log-format", "json", "run", env={"ORCH_LOCAL_STATE_DIR": str(tmp_path / "state"), "TZ": "IST-5:30"}
+    )
+    after = dt.datetime.now(dt.UTC)
+    assert result.stderr == ""
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(docs) > 3
+    for doc in docs:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", doc["ts"]), doc
+        assert before <= dt.datetime.fromisoformat(doc["ts"]) <= after, doc  # UTC, not local time
+        assert doc["level"] in ("INFO", "WARNING", "ERROR") and doc["logger"] and doc["msg"]
+    [failure] = [doc for doc in docs if doc["msg"].startswith("start-up failed")]
+    assert (failure["level"], failure["emoji"]) == ("ERROR", "❌")

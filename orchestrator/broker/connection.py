@@ -2,7 +2,8 @@
 
 Each I/O thread owns one connection and reconnects on its own with exponential backoff and full jitter
 (:class:`orchestrator.backoff.Backoff`, re-exported here), so a restarted broker is not hit by every
-orchestrator process at the same instant.
+orchestrator process at the same instant; with several nodes (``broker.url`` with commas) it moves
+on to the next node as :class:`~orchestrator.broker.nodes.NodeCycle` says.
 """
 
 from __future__ import annotations
@@ -45,9 +46,13 @@ def connection_name(role: str) -> str:
     return f"{PRODUCT} {role} {socket.gethostname()} pid={os.getpid()} {uuid.uuid4().hex[:8]}"
 
 
-def connection_parameters(broker: BrokerConfig, name: str) -> pika.URLParameters:
-    """Parameters for one connection attempt (retrying is ours, with :class:`Backoff`)."""
-    params = pika.URLParameters(broker.url)
+def connection_parameters(broker: BrokerConfig, name: str, url: str | None = None) -> pika.URLParameters:
+    """Parameters for one connection attempt to ``url`` (one of ``broker.urls``; default the first).
+
+    Retrying, and moving on to the next node, is ours (:class:`Backoff`,
+    :class:`~orchestrator.broker.nodes.NodeCycle`): pika makes exactly one attempt.
+    """
+    params = pika.URLParameters(broker.urls[0] if url is None else url)
     params.heartbeat = broker.heartbeat_seconds
     params.connection_attempts = 1
     params.retry_delay = 0

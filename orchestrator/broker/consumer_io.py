@@ -1,7 +1,8 @@
 """The I/O thread of a :class:`~orchestrator.broker.consumer.Consumer`, which owns its connection.
 
 Everything here runs on the consumer's one I/O thread (pika's ``BlockingConnection`` is not
-thread-safe): connecting and reconnecting with backoff, declaring the topology, consuming with
+thread-safe): connecting and reconnecting with backoff (to the next node of a cluster, as
+:class:`~orchestrator.broker.nodes.NodeCycle` says), declaring the topology, consuming with
 manual acks (one consumer, plus more when :meth:`~orchestrator.broker.consumer.Consumer.widen`
 asks), turning each message into a :class:`~orchestrator.delivery.Delivery`, carrying out the acks and
 nacks other threads asked for (:meth:`ConsumerIO._settle_on_io`, planned by the
@@ -21,6 +22,7 @@ from typing import Any, Final
 import pika
 import pika.exceptions
 
+from orchestrator import metrics
 from orchestrator.broker import field_depth
 from orchestrator.broker.connection import (
     Backoff,
@@ -30,6 +32,7 @@ from orchestrator.broker.connection import (
 )
 from orchestrator.broker.headers import kept_headers, read_attempt
 from orchestrator.broker.ledger import DeliveryLedger, SettlePlan
+from orchestrator.broker.nodes import BrokerNode, NodeCycle, connected_detail
 from orchestrator.broker.topology import declare_topology
 from orchestrator.config import BrokerConfig, StatusConfig
 from orchestrator.connect_errors import broker_connect_failure
@@ -77,6 +80,11 @@ class ConsumerIO:
         self._on_stale = on_stale
         self._name = connection_name("consumer")
         self._backoff = Backoff(cap_seconds=broker.reconnect_max_seconds)
+        self._nodes = NodeCycle(broker.urls)
+        #: The node of the current (or the last) session; read by other threads under the lock.
+        self._node: BrokerNode = self._nodes.current
+        #: (The I/O thread.) The current session got as far as consuming: its end is a lost connection.
+        self._session_worked = False
         self._lock = threading.Lock()
         self._ledger = DeliveryLedger()
         #: Acks and nacks asked for and not yet carried out by the I/O thread (one wake-up per batch).
@@ -151,38 +159,50 @@ class ConsumerIO:
 
     def _run(self) -> None:
         while not self._stop_requested.is_set():
+            self._session_worked = False
+            node = self._nodes.current
             try:
-                self._session()
+                self._session(node)
             except (pika.exceptions.AMQPError, BrokerError, OSError) as e:
-                self._lost(self._describe_failure(e), e)
+                self._lost(self._describe_failure(node, e), e)
             except Exception as e:  # a dead I/O thread would silently stop all consumption
                 log.exception("consumer I/O thread failed unexpectedly", extra=emoji(FAILURE))
-                self._lost(describe_broker_error(e), e)
+                self._lost(f"{node.endpoint}: {describe_broker_error(e)}", e)
             if self._stop_requested.is_set():
                 break
-            delay = self._backoff.next_delay()
-            log.info(
-                "reconnecting to RabbitMQ in %.1f s (failure %d)",
-                delay,
-                self._backoff.failures,
-                extra=emoji(PROGRESS),
-            )
-            self._stop_requested.wait(delay)
+            self._stop_requested.wait(self._before_next_attempt())
 
-    def _describe_failure(self, error: BaseException) -> str:
-        """What went wrong, for the log and /health: a failed connect names the endpoint and its cause
-        (refused, DNS, authentication, TLS, timeout), which pika hides several wrappers deep."""
+    def _before_next_attempt(self) -> float:
+        """Move on to the node to try next; how long to wait before trying it (logged)."""
+        if self._session_worked:
+            self._nodes.lost()
+            delay = self._backoff.next_delay()
+        elif self._nodes.failed():
+            delay = self._backoff.next_delay()
+        else:
+            delay = 0.0
+        log.info(
+            "reconnecting to RabbitMQ at %s in %.1f s (failure %d)",
+            self._nodes.current.endpoint,
+            delay,
+            self._backoff.failures,
+            extra=emoji(PROGRESS),
+        )
+        return delay
+
+    def _describe_failure(self, node: BrokerNode, error: BaseException) -> str:
+        """What went wrong, for the log and /health, naming the node (``host:port``): a failed connect
+        names its cause (refused, DNS, authentication, TLS, timeout), which pika hides several wrappers
+        deep."""
         if isinstance(error, BrokerError):
-            return str(error)
-        with self._lock:
-            connecting = not self._connected
-        if connecting and isinstance(error, pika.exceptions.AMQPConnectionError | OSError):
-            return broker_connect_failure(error, self._broker.url)
-        return describe_broker_error(error)
+            return f"{node.endpoint}: {error}"
+        if not self._session_worked and isinstance(error, pika.exceptions.AMQPConnectionError | OSError):
+            return broker_connect_failure(error, node.url)
+        return f"{node.endpoint}: {describe_broker_error(error)}"
 
     def _lost(self, reason: str, error: BaseException) -> None:
+        was_connected = self._session_worked
         with self._lock:
-            was_connected = self._connected
             self._connected = False
             self._channel = None
             self._consumer_tags = []
@@ -214,10 +234,11 @@ class ConsumerIO:
         except Exception:
             log.exception("on_connectivity callback failed", extra=emoji(FAILURE))
 
-    def _session(self) -> None:
-        connection = pika.BlockingConnection(connection_parameters(self._broker, self._name))
+    def _session(self, node: BrokerNode) -> None:
+        connection = pika.BlockingConnection(connection_parameters(self._broker, self._name, node.url))
         with self._lock:
             self._connection = connection
+            self._node = node
         try:
             while not self._stop_requested.is_set():
                 try:
@@ -256,16 +277,21 @@ class ConsumerIO:
         with self._lock:
             was_connected = self._connected
             self._connected = True
+            node = self._node
+        self._session_worked = True
         self._backoff.reset()
+        if self._nodes.connected():
+            metrics.BROKER_FAILOVERS.labels(connection="consumer").inc()
         if not was_connected:
             log.info(
-                "consuming %s (prefetch %d, channel generation %d)",
+                "consuming %s on RabbitMQ node %s (prefetch %d, channel generation %d)",
                 self._broker.execute_queue,
+                node.endpoint,
                 self._broker.prefetch,
                 generation,
                 extra=emoji(SUCCESS),
             )
-            self._report(True, "")
+            self._report(True, connected_detail(node))
 
     def _pump(self, connection: Any) -> None:
         while not self._stop_requested.is_set():

@@ -1,8 +1,9 @@
 """The I/O thread of a :class:`~orchestrator.broker.publisher.ConfirmingPublisher`.
 
 Everything here runs on the publisher's one I/O thread, inside pika's ``SelectConnection`` I/O loop:
-connecting and reconnecting with backoff, opening a channel in confirm mode, declaring (or checking)
-the publisher's :class:`~orchestrator.broker.topology.Topology` step by step, sending what waits in
+connecting and reconnecting with backoff (to the next node of a cluster, as
+:class:`~orchestrator.broker.nodes.NodeCycle` says), opening a channel in confirm mode, declaring (or
+checking) the publisher's :class:`~orchestrator.broker.topology.Topology` step by step, sending what waits in
 the :class:`~orchestrator.broker.confirm_ledger.ConfirmLedger`, and matching the broker's confirms,
 nacks and returns to it. A broker nack, a lost channel or a lost connection puts every unconfirmed
 message back in line, to be sent again in order on the next channel. The public, any-thread side
@@ -22,6 +23,7 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.select_connection import IOLoop
 
+from orchestrator import metrics
 from orchestrator.broker.confirm_ledger import ConfirmLedger
 from orchestrator.broker.connection import (
     Backoff,
@@ -29,6 +31,7 @@ from orchestrator.broker.connection import (
     connection_parameters,
     describe_broker_error,
 )
+from orchestrator.broker.nodes import BrokerNode, NodeCycle, connected_detail
 from orchestrator.broker.topology import EXCHANGE_TYPE, Step, Topology, explain
 from orchestrator.config import BrokerConfig
 from orchestrator.connect_errors import broker_connect_failure
@@ -65,6 +68,9 @@ class PublisherIO:
         self._on_connectivity = on_connectivity
         self._topology = topology
         self._backoff = Backoff(cap_seconds=broker.reconnect_max_seconds)
+        self._nodes = NodeCycle(broker.urls)
+        #: The node of the current (or the last) connection.
+        self._node: BrokerNode = self._nodes.current
         self._ioloop = IOLoop()
         self._lock = threading.Lock()
         self._confirmed = threading.Condition(self._lock)
@@ -107,13 +113,32 @@ class PublisherIO:
         log.info("publisher %s: %s in %.1f s", self._name, what, delay, extra=emoji(PROGRESS))
         self._schedule(delay, action)
 
+    def _next_node(self, *, was_open: bool) -> None:
+        """(After a failed or lost connection.) Connect to the next node, at once or after the backoff."""
+        if was_open:
+            self._nodes.lost()
+            delay = self._backoff.next_delay()
+        elif self._nodes.failed():
+            delay = self._backoff.next_delay()
+        else:
+            delay = 0.0
+        log.info(
+            "publisher %s: connecting to RabbitMQ at %s in %.1f s",
+            self._name,
+            self._nodes.current.endpoint,
+            delay,
+            extra=emoji(PROGRESS),
+        )
+        self._schedule(delay, self._connect)
+
     def _connect(self) -> None:
         self._retry_timer = None
         if self._stopping:
             return
+        self._node = node = self._nodes.current
         try:
             self._connection = pika.SelectConnection(
-                connection_parameters(self._broker, self._connection_name),
+                connection_parameters(self._broker, self._connection_name, node.url),
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=self._on_connection_open_error,
                 on_close_callback=self._on_connection_closed,
@@ -121,8 +146,8 @@ class PublisherIO:
             )
         except (pika.exceptions.AMQPError, OSError, ValueError) as e:
             self._connection = None
-            self._lost(describe_broker_error(e))
-            self._retry_later("reconnecting", self._connect)
+            self._lost(f"{node.endpoint}: {describe_broker_error(e)}")
+            self._next_node(was_open=False)
 
     def _lost(self, reason: str) -> None:
         with self._lock:
@@ -148,18 +173,18 @@ class PublisherIO:
             return
         if isinstance(error, BaseException):
             # The endpoint and the cause (refused, DNS, authentication, TLS, timeout), not pika's wrapper.
-            self._lost(broker_connect_failure(error, self._broker.url))
+            self._lost(broker_connect_failure(error, self._node.url))
         else:
-            self._lost(describe_broker_error(error))
-        self._retry_later("reconnecting", self._connect)
+            self._lost(f"{self._node.endpoint}: {describe_broker_error(error)}")
+        self._next_node(was_open=False)
 
     def _on_connection_closed(self, _connection: Any, reason: BaseException) -> None:
         self._connection = None
         if self._stopping:
             self._ioloop.stop()
             return
-        self._lost(describe_broker_error(reason))
-        self._retry_later("reconnecting", self._connect)
+        self._lost(f"{self._node.endpoint}: {describe_broker_error(reason)}")
+        self._next_node(was_open=True)
 
     def _open_channel(self) -> None:
         self._retry_timer = None
@@ -214,15 +239,18 @@ class PublisherIO:
         self._ready = True
         if not self._resetting_after_nack:
             self._backoff.reset()
+        if self._nodes.connected():
+            metrics.BROKER_FAILOVERS.labels(connection="publisher").inc()
         with self._lock:
             waiting = self._ledger.waiting
         log.info(
-            "publisher %s: connected with publisher confirms%s",
+            "publisher %s: connected to RabbitMQ node %s with publisher confirms%s",
             self._name,
+            self._node.endpoint,
             f"; sending {waiting} waiting messages" if waiting else "",
             extra=emoji(SUCCESS),
         )
-        self._report(True, "")
+        self._report(True, connected_detail(self._node))
         self._flush()
 
     def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
@@ -242,10 +270,10 @@ class PublisherIO:
             declare = self._topology is None or self._topology.declare
             text = explain(step, reason.reply_code, reason.reply_text, declare=declare)
             log.error("publisher %s: %s", self._name, text, extra=emoji(FAILURE))
-            self._lost(text)
+            self._lost(f"{self._node.endpoint}: {text}")
         else:
             self._fail_missing_exchange(reason)
-            self._lost(describe_broker_error(reason))
+            self._lost(f"{self._node.endpoint}: {describe_broker_error(reason)}")
         self._retry_later("reopening the channel", self._open_channel)
 
     def _fail_missing_exchange(self, reason: BaseException) -> None:

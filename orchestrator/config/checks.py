@@ -84,14 +84,22 @@ def _check_state_dir(text: str, problems: list[str]) -> None:
 
 
 def _check_urls(config: Config, problems: list[str]) -> None:
-    for url_key, url, schemes in (
-        ("broker.url", config.broker.url, ("amqp", "amqps")),
-        ("redis.url", config.redis.url, ("redis", "rediss", "unix")),
-    ):
-        scheme = url.split("://", 1)[0] if "://" in url else ""
-        if scheme not in schemes:
-            wanted = " or ".join(s + "://" for s in schemes)
-            problems.append(f"{url_key}: must be a {wanted} URL (got {redact_url(url)!r})")
+    urls = config.broker.urls
+    several = len(urls) > 1
+    for n, url in enumerate(urls, 1):
+        which = f"broker.url (address {n} of {len(urls)})" if several else "broker.url"
+        if not url:
+            problems.append(f"{which}: is empty (separate the nodes' URLs with single commas)")
+            continue
+        _check_scheme(which, url, ("amqp", "amqps"), problems)
+    _check_scheme("redis.url", config.redis.url, ("redis", "rediss", "unix"), problems)
+
+
+def _check_scheme(key: str, url: str, schemes: tuple[str, ...], problems: list[str]) -> None:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in schemes:
+        wanted = " or ".join(s + "://" for s in schemes)
+        problems.append(f"{key}: must be a {wanted} URL (got {redact_url(url)!r})")
 
 
 def _check_redis(config: Config, problems: list[str]) -> None:

@@ -17,7 +17,9 @@ def config_as_dict(config: Config) -> dict[str, dict[str, Any]]:
         section = msgspec.to_builtins(getattr(config, name))
         for key, value in section.items():
             if key == "url" and isinstance(value, str):
-                section[key] = redact_url(value)
+                # broker.url may hold several nodes' URLs: each is redacted on its own.
+                urls = config.broker.urls if name == "broker" else (value,)
+                section[key] = ",".join(redact_url(url) for url in urls)
             elif key in SECRET_KEYS and value:
                 section[key] = REDACTED
         out[name] = section

@@ -9,6 +9,7 @@ constants below; README.md has the table of every key.
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from typing import Annotated, Final, Literal, get_type_hints
@@ -18,6 +19,10 @@ import msgspec
 # --- defaults --------------------------------------------------------------------------------------
 
 DEFAULT_BROKER_URL: Final = "amqp://guest:guest@localhost:5672/%2F"
+#: Where a new address starts in ``broker.url``: a comma followed by a scheme (``amqp://``, ``amqps://``,
+#: or any other, so that a wrong one is reported). A comma anywhere else (in a password, a query) is
+#: part of the URL.
+BROKER_URL_START: Final = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 DEFAULT_EXCHANGE: Final = "blacktree"
 DEFAULT_EXECUTE_QUEUE: Final = "execute.queue"
 DEFAULT_DLQ: Final = "execute.dlq"
@@ -148,6 +153,7 @@ class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class BrokerConfig(Section, frozen=True, kw_only=True):
+    #: One RabbitMQ URL, or the nodes of a cluster as several URLs separated by commas (see :attr:`urls`).
     url: str = DEFAULT_BROKER_URL
     exchange: str = DEFAULT_EXCHANGE
     execute_queue: str = DEFAULT_EXECUTE_QUEUE
@@ -163,6 +169,23 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
     max_waiting: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_MAX_WAITING
     #: Secret shared by every process: signs the attempt number of retries. Empty: derived from the URLs.
     retry_signing_key: str = ""
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The node addresses of ``url``, in the order they are tried.
+
+        ``url`` holds one URL or several separated by commas. A comma starts a new address only where
+        a scheme (``amqp://``, ``amqps://``) follows it, so a comma in a password or a query string
+        stays in its URL; an empty address (two commas in a row) is kept as ``""`` for the checks to
+        report.
+        """
+        urls: list[str] = []
+        for piece in self.url.split(","):
+            if urls and piece.strip() and not BROKER_URL_START.match(piece):
+                urls[-1] += "," + piece
+            else:
+                urls.append(piece)
+        return tuple(u.strip() for u in urls)
 
 
 class RedisConfig(Section, frozen=True, kw_only=True):

@@ -54,7 +54,7 @@ from orchestrator.launch.ecs_tags import (
     task_tags,
 )
 from orchestrator.launch.errors import classify_exception, classify_failure
-from orchestrator.logs import SUCCESS, WARNING, emoji
+from orchestrator.logs import PROGRESS, SUCCESS, WARNING, emoji, job_fields, task_fields
 from orchestrator.messages import SourceJob
 from orchestrator.redaction import redact_text
 
@@ -247,7 +247,7 @@ class EcsLauncher:
             request.attempt,
             self.name,
             arn,
-            extra=emoji(SUCCESS),
+            extra=task_fields(handle, SUCCESS),
         )
         return handle
 
@@ -266,7 +266,11 @@ class EcsLauncher:
             return None
         if len(found) > 1:
             log.warning(
-                "%d tasks are tagged %s attempt %d", len(found), deployment_id, attempt, extra=emoji(WARNING)
+                "%d tasks are tagged %s attempt %d",
+                len(found),
+                deployment_id,
+                attempt,
+                extra=job_fields(deployment_id, attempt, mark=WARNING),
             )
         found.sort(key=lambda t: t.get("lastStatus") == "STOPPED")
         return self._handle_of(found[0])
@@ -311,10 +315,12 @@ class EcsLauncher:
             )
         except LaunchError as e:
             if "not found" in str(e).lower():
-                log.warning("StopTask: %s is already gone (%s)", handle.task_id, e, extra=emoji(WARNING))
+                log.warning(
+                    "StopTask: %s is already gone (%s)", handle.task_id, e, extra=task_fields(handle, WARNING)
+                )
                 return
             raise
-        log.info("asked ECS to stop %s: %s", handle.task_id, reason, extra=emoji(SUCCESS))
+        log.info("asked ECS to stop %s: %s", handle.task_id, reason, extra=task_fields(handle, PROGRESS))
 
     def list_owned(self) -> list[TaskHandle]:
         """Every task with our ``startedBy`` (RUNNING or recently STOPPED) launched by this launcher.

@@ -38,7 +38,7 @@ from orchestrator.launch.base import (
     conflict_reason,
     job_identity,
 )
-from orchestrator.logs import WARNING, emoji
+from orchestrator.logs import WARNING, job_fields, task_fields
 from orchestrator.messages import SourceJob
 
 log = logging.getLogger(__name__)
@@ -320,7 +320,9 @@ class GuardedLauncher:
             )
         except OrchestratorError as e:
             log.warning(
-                "launch claim unavailable (%s); checking for the task by its tags", e, extra=emoji(WARNING)
+                "launch claim unavailable (%s); checking for the task by its tags",
+                e,
+                extra=job_fields(key[0], key[1], mark=WARNING),
             )
             return None
 
@@ -331,7 +333,9 @@ class GuardedLauncher:
         try:
             self._registry.release_claim(_claim_key(key), self._owner)
         except OrchestratorError as e:
-            log.warning("could not release the launch claim (%s)", e, extra=emoji(WARNING))
+            log.warning(
+                "could not release the launch claim (%s)", e, extra=job_fields(key[0], key[1], mark=WARNING)
+            )
 
     def _adopt(self, key: tuple[str, int], handle: TaskHandle, how: str) -> TaskHandle:
         log.warning(
@@ -340,7 +344,7 @@ class GuardedLauncher:
             key[1],
             handle.task_id,
             how,
-            extra=emoji(WARNING),
+            extra=task_fields(handle, WARNING),
         )
         with self._lock:
             self._known[key] = handle

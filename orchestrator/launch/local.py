@@ -81,7 +81,7 @@ from orchestrator.launch.local_task import (
     WRAPPER_SCRIPT,
 )
 from orchestrator.launch.local_watch import ExitWatcher
-from orchestrator.logs import SUCCESS, WARNING, emoji
+from orchestrator.logs import PROGRESS, SUCCESS, WARNING, emoji, task_fields
 from orchestrator.messages import JOB_DECODER, SourceJob
 from orchestrator.redaction import redact_text
 
@@ -310,7 +310,11 @@ class LocalLauncher:
             handle = self._handle_of(existing)
             if not handle.runs(job):
                 raise JobConflictError(conflict_reason(job, handle.job_type))
-            log.info("%s is already launched; not starting it twice", existing.task_id, extra=emoji(WARNING))
+            log.info(
+                "%s is already launched; not starting it twice",
+                existing.task_id,
+                extra=task_fields(existing, WARNING),
+            )
             return handle
         env = worker_process_environment(job, request.attempt, self.pass_env)
         argv = [
@@ -349,7 +353,7 @@ class LocalLauncher:
             request.attempt,
             pid,
             log_path,
-            extra=emoji(SUCCESS),
+            extra=task_fields(started, SUCCESS),
         )
         return self._handle_of(started)
 
@@ -429,7 +433,7 @@ class LocalLauncher:
         file_id = file_id_of(handle.deployment_id, handle.attempt)
         record = self._read_record(file_id)
         if record is None:
-            log.warning("stop: no local task %s", handle.task_id, extra=emoji(WARNING))
+            log.warning("stop: no local task %s", handle.task_id, extra=task_fields(handle, WARNING))
             return
         if self._read_exit(file_id) is not None:
             return  # it ended on its own: the stop did not cause that
@@ -447,7 +451,9 @@ class LocalLauncher:
         if old is not None:
             old.cancel()
         timer.start()
-        log.info("sent SIGTERM to local task %s: %s", handle.task_id, reason, extra=emoji(SUCCESS))
+        log.info(
+            "sent SIGTERM to local task %s: %s", handle.task_id, reason, extra=task_fields(handle, PROGRESS)
+        )
 
     def _signal_group(self, record: TaskRecord, signum: signal.Signals) -> None:
         if record.pid is None or not self._alive(record):
@@ -465,7 +471,7 @@ class LocalLauncher:
             "local task %s ignored SIGTERM for %.0f s; sending SIGKILL",
             record.task_id,
             self.grace_seconds,
-            extra=emoji(WARNING),
+            extra=task_fields(record, WARNING),
         )
         # The wrapper dies with the worker and cannot record the status itself: record it first, so
         # that nobody who sees the group gone finds no status (a wrapper that outlives the signal
@@ -500,7 +506,9 @@ class LocalLauncher:
         file_id = file_id_of(handle.deployment_id, handle.attempt)
         record = self._read_record(file_id)
         if record is not None and self._alive(record):
-            log.warning("not forgetting %s: it is still running", handle.task_id, extra=emoji(WARNING))
+            log.warning(
+                "not forgetting %s: it is still running", handle.task_id, extra=task_fields(handle, WARNING)
+            )
             return
         with self._lock:
             timer = self._timers.pop(file_id, None)

@@ -21,7 +21,7 @@ from orchestrator.backoff import HALF_JITTER, Backoff
 from orchestrator.errors import LaunchError, ThrottledError
 from orchestrator.launch.base import LaunchRequest, TaskHandle
 from orchestrator.launch.errors import LaunchCancelledError
-from orchestrator.logs import FAILURE, WARNING, emoji
+from orchestrator.logs import FAILURE, WARNING, emoji, job_fields
 from orchestrator.redaction import redact_text
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class LaunchPool:
                     e,
                     retry,
                     delay,
-                    extra=emoji(WARNING),
+                    extra=_request_fields(request, WARNING),
                 )
                 if self._closed.wait(delay):
                     return LaunchCancelledError(f"launch pool closed while backing off ({e})")
@@ -266,7 +266,9 @@ class LaunchPool:
                 return e
             except Exception as e:  # the launch thread must survive a launcher's bug
                 log.exception(
-                    "launcher %s raised an unexpected error", self.launcher.name, extra=emoji(FAILURE)
+                    "launcher %s raised an unexpected error",
+                    self.launcher.name,
+                    extra=_request_fields(request, FAILURE),
                 )
                 return LaunchError(
                     redact_text(f"unexpected {type(e).__name__} in launcher {self.launcher.name}: {e}")
@@ -290,9 +292,13 @@ class LaunchPool:
                 "on_done of %s attempt %d raised",
                 request.job.deployment_id,
                 request.attempt,
-                extra=emoji(FAILURE),
+                extra=_request_fields(request, FAILURE),
             )
         finally:
             if counted:
                 with self._cond:
                     self._pending -= 1
+
+
+def _request_fields(request: LaunchRequest, mark: str) -> dict[str, object]:
+    return job_fields(request.job.deployment_id, request.attempt, job_type=request.job.type, mark=mark)

@@ -24,6 +24,7 @@ from orchestrator.broker.consumer import (
     SettlePlan,
 )
 from orchestrator.config import Config
+from orchestrator.connect_errors import endpoint
 
 Depth = Callable[[Channel, str], int]
 
@@ -276,7 +277,7 @@ def test_receives_and_acks_from_another_thread(
     wait_until(lambda: consumer.outstanding() == 0, 5, "both acks to be sent")
     consumer.stop(10)
     assert queue_depth(channel, execute) == 0
-    assert recorder.connectivity == [(True, "")]
+    assert recorder.connectivity == [(True, f"connected to {endpoint(topology_config.broker.url)}")]
     assert not consumer.connected
 
 

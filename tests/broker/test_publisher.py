@@ -321,7 +321,7 @@ def test_messages_published_while_the_broker_is_unreachable_are_sent_when_it_is_
     wait_until(lambda: confirms.total() == 3, 20, "three confirms")
     assert confirms.ok == {b"one", b"two", b"three"}
     assert [body for _, body in drain_queue(fresh_channel(), execute)] == [b"one", b"two", b"three"]
-    assert connectivity[-1] == (True, "")
+    assert connectivity[-1] == (True, f"connected to 127.0.0.1:{proxy.port}")
 
 
 @pytest.mark.services

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Final
 
 import msgspec
-import pika
 import redis
 from pipeline.processes import OrchestratorProcess
-from support import delete_broker_objects, isolated_config
+from support import broker_connection, delete_broker_objects, isolated_config
 
 from orchestrator.broker.names import retry_queue_name
 from orchestrator.coordination import connect_redis
@@ -102,6 +101,11 @@ class FaultSettings:
     recovery_margin: float = 10.0
     #: Longest wait for the main batch to end (also bounded by QUIET_SECONDS without progress).
     main_deadline: float = 150.0
+    #: More config keys for both processes, as for :func:`support.with_overrides` (``broker__x``).
+    config_keys: dict[str, object] = dataclasses.field(default_factory=dict)
+    #: ``broker.url`` of the named processes, where it differs from the run's (e.g. a cluster's nodes
+    #: in another order); the run's own clients use ``broker_url``.
+    process_broker_urls: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def job_kind(n: int) -> str:
@@ -170,7 +174,7 @@ class FaultRun:
             keys["broker__url"] = settings.broker_url
         if settings.redis_url is not None:
             keys["redis__url"] = settings.redis_url
-        self.config = isolated_config(f"fault.{name}", **keys)
+        self.config = isolated_config(f"fault.{name}", **(keys | settings.config_keys))
         self.tag = "".join(c for c in name if c.isalpha())[:6] or "job"
         self.expected: dict[str, frozenset[str]] = {}
         self.expected_dead: set[str] = set()
@@ -200,9 +204,10 @@ class FaultRun:
 
     def _spawn(self, name: str) -> OrchestratorProcess:
         log = self.base / f"{name}-{len(self._history[name]) + 1}.log"
-        process = OrchestratorProcess(
-            self.config, log, extra_env={recording_worker.RECORDS_ENV: str(self.records)}
-        ).start()
+        env = {recording_worker.RECORDS_ENV: str(self.records)}
+        if name in self.settings.process_broker_urls:
+            env["ORCH_BROKER_URL"] = self.settings.process_broker_urls[name]
+        process = OrchestratorProcess(self.config, log, extra_env=env).start()
         self.processes[name] = process
         self._history[name].append(process)
         return process
@@ -348,7 +353,7 @@ class FaultRun:
     def _queue_depths(self) -> dict[str, int]:
         broker = self.config.broker
         names = [broker.execute_queue, *(retry_queue_name(broker, d) for d in self.settings.retry_delays)]
-        connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+        connection = broker_connection(broker)
         try:
             channel = connection.channel()
             return {
@@ -358,7 +363,7 @@ class FaultRun:
             connection.close()
 
     def _dead_lettered(self) -> list[str]:
-        connection = pika.BlockingConnection(pika.URLParameters(self.config.broker.url))
+        connection = broker_connection(self.config.broker)
         ids: list[str] = []
         try:
             channel = connection.channel()

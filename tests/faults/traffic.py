@@ -19,6 +19,7 @@ from typing import Final
 import pika
 from pipeline.harness import connection_pids
 from pipeline.processes import OrchestratorProcess
+from support import broker_connection
 
 from orchestrator.config import Config
 from orchestrator.messages import EVENT_DECODER, BuildJob, StatusEvent, encode
@@ -76,7 +77,7 @@ class EventLog:
 
     def _consume(self) -> None:
         status = self._config.status
-        connection = pika.BlockingConnection(pika.URLParameters(self._config.broker.url))
+        connection = broker_connection(self._config.broker)
         try:
             channel = connection.channel()
             channel.exchange_declare(self._config.broker.exchange, "direct", durable=True)
@@ -146,7 +147,7 @@ class JobFeed:
     def _run(self) -> None:
         broker = self._config.broker
         try:
-            connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+            connection = broker_connection(broker)
             try:
                 channel = connection.channel()
                 channel.confirm_delivery()

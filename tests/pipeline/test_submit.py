@@ -109,3 +109,34 @@ def test_submit_says_clearly_when_the_broker_is_unreachable(pipeline_config: Con
         "(is RabbitMQ running and listening there? check broker.url)"
     )
     assert "secret" not in result.stderr
+
+
+def test_submit_and_its_events_go_through_the_next_node_when_the_first_is_down(
+    pipeline_config: Config, tmp_path: Path
+) -> None:
+    # Given broker.url naming a node that is down first, then the real one (the pipeline's too)
+    down = "amqp://guest:secret@127.0.0.1:1/%2F"
+    config = with_overrides(
+        pipeline_config, broker__url=f"{down}, {pipeline_config.broker.url}", status__sinks=("amqp",)
+    )
+    with running_pipeline(config, InstantLauncher(run_seconds=0.1)):
+        # When a job is submitted and followed
+        result = submit(config, job_file(tmp_path, "cli-2nd-node"), "--wait", "--timeout", "60")
+    # Then it is published and followed through the second node
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("✅ build cli-2nd-node attempt 1: succeeded")
+
+
+def test_submit_names_every_node_it_could_not_reach(pipeline_config: Config, tmp_path: Path) -> None:
+    config = with_overrides(
+        pipeline_config,
+        broker__url="amqp://guest:secret@127.0.0.1:1/%2F,amqps://guest:s3cond@127.0.0.1:2/%2F",
+    )
+    result = submit(config, job_file(tmp_path, "cli-nonode"))
+    assert result.returncode == 4
+    assert result.stderr.strip() == (
+        "❌ cannot connect to any of 2 RabbitMQ nodes: 127.0.0.1:1: connection refused "
+        "(is RabbitMQ running and listening there? check broker.url); 127.0.0.1:2: connection refused "
+        "(is RabbitMQ running and listening there? check broker.url)"
+    )
+    assert "secret" not in result.stderr and "s3cond" not in result.stderr

@@ -43,6 +43,7 @@ REQUIRED = {
     "orchestrator_actor_restarts": "counter",
     "orchestrator_status_events_published": "counter",
     "orchestrator_broker_connected": "gauge",
+    "orchestrator_broker_failovers": "counter",
     "orchestrator_redis_connected": "gauge",
     "orchestrator_launch_errors": "counter",
     "orchestrator_launches_inflight": "gauge",

@@ -79,7 +79,8 @@ def with_test_overrides(section: dict[str, str], config: Path, port: int, log_di
     overridden["numprocs"] = "1"
     overridden["user"] = getpass.getuser()
     for key in ("stdout_logfile", "stderr_logfile"):
-        overridden[key] = str(log_dir / Path(section[key]).name)
+        if key in section:
+            overridden[key] = str(log_dir / Path(section[key]).name)
     return overridden
 
 
@@ -181,9 +182,12 @@ def test_supervisord_runs_restarts_and_stops_the_project_program(short_tmp: Path
         wait_until(lambda: supervisord.state() == "RUNNING", timeout=30, what="RUNNING again")
 
         # When it is stopped, it drains, holds /health at 503 and exits 0 well within stopwaitsecs
+        # (its log lines, stderr's too, are in the program's .out.log: every one on stdout)
+        assert program["redirect_stderr"] == "true"
         process_log_path = Path(
-            program["stderr_logfile"] % {"program_name": "orchestrator", "process_num": 0}
+            program["stdout_logfile"] % {"program_name": "orchestrator", "process_num": 0}
         )
+        assert process_log_path.name == "orchestrator_00.out.log"
         running_lines = process_log_path.read_text(encoding="utf-8").count("✅ orchestrator")
         assert running_lines == 2  # the first process and its replacement
         stop_started = time.monotonic()

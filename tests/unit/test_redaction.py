@@ -524,3 +524,24 @@ def test_redacting_a_maximum_size_job_of_many_strings_is_fast() -> None:
         body = json.dumps({"type": "build", "extra": (kinds * count)[:count]}).encode()
     assert len(body) > DEFAULT_MAX_MESSAGE_BYTES - 1000
     assert worst_of_three(lambda: redact_body(body)) < BOUND_SECONDS
+
+
+# --- finding the string literals of a body fast -----------------------------------------------------
+
+_LITERAL_PIECES = st.sampled_from(['"', "\\", 'a"', "\\\\", ":", "=", "x" * 300, "é", "\u2028", "@"])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(_LITERAL_PIECES, max_size=12).map("".join), max_size=6), st.booleans())
+def test_the_fast_literal_split_finds_exactly_what_the_regex_finds(
+    strings: list[str], force_fast_path: bool
+) -> None:
+    from orchestrator import dead_letter_body
+
+    text = msgspec.json.encode({f"k{i}\\\"": s for i, s in enumerate(strings)}).decode()
+    saved = dead_letter_body._CHARS_PER_QUOTE
+    setattr(dead_letter_body, "_CHARS_PER_QUOTE", 0 if force_fast_path else saved)  # noqa: B010
+    try:
+        assert dead_letter_body._split_literals(text) == dead_letter_body._STRING_LITERAL.split(text)
+    finally:
+        setattr(dead_letter_body, "_CHARS_PER_QUOTE", saved)  # noqa: B010 (a Final, set in a test)
