@@ -293,7 +293,7 @@ def _log_lines(
 
     with redis_client(config) as client:
         key = stream_key(config.redis.key_prefix, deployment_id)
-        last = client.xrevrange(key, count=1)  # an earlier job of this deployment's lines are not shown
+        last = client.xrevrange(key, count=1)  # from here: not an earlier job's lines
         reader = StreamReader(client, key, last[0][0].decode() if last else "0-0")
         printer = LogPrinter(None, out=lambda line: out(f"  │ {line}"), note=lambda _: None)
 
