@@ -22,12 +22,13 @@ from typing import Any, Final, assert_never, get_args
 import msgspec
 
 from orchestrator import metrics
+from orchestrator.buildlogs.pump import LogPump
 from orchestrator.commands import Hold, Observed, Publish, Release, StopRequest, TasksEnded, Tick, Track
 from orchestrator.config import Config
 from orchestrator.coordination import attempt_done_key
 from orchestrator.delivery import Settler
 from orchestrator.errors import OrchestratorError
-from orchestrator.events import make_event
+from orchestrator.events import MAX_REASON_CHARS, make_event
 from orchestrator.fencing import Fenced, fence, taken_elsewhere
 from orchestrator.launch.base import Launcher, TaskHandle, TaskState
 from orchestrator.launch.guard import GuardedLauncher
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 DONE_MARKER_SECONDS: Final = 6 * 3600
 #: Recovery scans everything this often even when no owner was seen to die (in lease periods).
 FULL_SCAN_EVERY_LEASES: Final = 10
+#: Appended to the reason of an attempt's last event when its log could not be completed in time.
+LOG_INCOMPLETE: Final = (
+    "log not complete when this was published (logs.final_wait_seconds passed): its last lines follow"
+)
 
 
 class StopDone(msgspec.Struct, frozen=True):
@@ -113,9 +118,12 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
         coordination: Coordination,
         handles: Mapping[str, ActorHandle],
         settler: Settler,
+        logs: LogPump | None = None,
     ) -> None:
         super().__init__(reporter)
         self._config = config
+        #: Publishes the tasks' build logs; an attempt's last event waits for its last lines.
+        self._logs = logs
         self._launchers = launchers
         self._guards = guards
         self._table = table
@@ -202,6 +210,11 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
                 assert_never(message)
 
     def _track(self, handle: TaskHandle, job: Any, dispatched: Publish | None) -> None:
+        if self._logs_key(handle) is not None:
+            assert self._logs is not None
+            self._logs.follow(handle)
+            if dispatched is not None:
+                dispatched = self._with_logs(dispatched, handle)
         if dispatched is not None:
             if time.time() - handle.launched_at > self._config.limits.lease_seconds / 2:
                 # Late (this process stalled or lagged since the launch): another process may have
@@ -308,6 +321,8 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
         for orphan in orphans:
             handle = orphan.handle
             if self._table.add(handle, orphan.job):
+                if self._logs is not None:
+                    self._logs.follow(handle)
                 self._rate_limiter.tell(Hold(handle.deployment_id))
                 log.info("following adopted task %s", handle.task_id, extra=task_fields(handle, SUCCESS))
         metrics.JOBS_RUNNING.set(len(self._table))
@@ -343,9 +358,31 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
             extra=task_fields(handle, WARNING),
         )
         self._rate_limiter.tell(Release(handle.deployment_id))
+        if self._logs is not None:
+            self._logs.unfollow(handle.task_id)
         guard = self._guards.get(handle.launcher)
         if guard is not None:
             guard.forget(handle.deployment_id, handle.attempt)
+
+    def _logs_key(self, handle: TaskHandle) -> str | None:
+        """The key of ``handle``'s log stream, when its log is published."""
+        if self._logs is None or not self._logs.follows(handle.launcher):
+            return None
+        return self._logs.key(handle.deployment_id)
+
+    def _with_logs(self, publish: Publish, handle: TaskHandle, *, incomplete: bool = False) -> Publish:
+        """``publish`` with its events pointing at ``handle``'s log stream (and saying when the log
+        could not be completed in time)."""
+        key = self._logs_key(handle)
+        if key is None or not publish.events:
+            return publish
+        events = tuple(msgspec.structs.replace(event, logs=key) for event in publish.events)
+        if incomplete:
+            last = events[-1]
+            room = MAX_REASON_CHARS - len(LOG_INCOMPLETE) - 2
+            reason = f"{last.reason[:room]}; {LOG_INCOMPLETE}" if last.reason else LOG_INCOMPLETE
+            events = (*events[:-1], msgspec.structs.replace(last, reason=reason))
+        return msgspec.structs.replace(publish, events=events)
 
     def _publish_for(self, tracked: Tracked, status: Status, **fields: Any) -> None:
         handle = tracked.handle
@@ -358,7 +395,35 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
             launcher=handle.launcher,
             **fields,
         )
-        self._publisher.tell(Publish(events=(event,)))
+        self._publisher.tell(self._with_logs(Publish(events=(event,)), handle))
+
+    def _publish_after_logs(self, handle: TaskHandle, publish: Publish, outcome: str) -> None:
+        """Publish how an attempt ended once its log is complete (at once when it is not followed).
+
+        The pump calls back on its own thread, within ``logs.final_wait_seconds``; the callback only
+        tells (the publisher, and this actor once the outcome is durable), so it never blocks.
+        """
+        tell_self = self.actor_ref.tell
+
+        def send(complete: bool) -> None:
+            final = self._with_logs(publish, handle, incomplete=not complete)
+            durable = OutcomeDurable(
+                task_id=handle.task_id,
+                attempt_key=attempt_done_key(handle.deployment_id, handle.attempt),
+                deployment_id=handle.deployment_id,
+                outcome=msgspec.json.encode(final.events[-1]) if final.events else b"",
+                handle=handle,
+            )
+            self._publisher.tell(msgspec.structs.replace(final, after=functools.partial(tell_self, durable)))
+
+        if self._logs is None or self._logs_key(handle) is None:
+            send(True)
+            return
+        if publish.events:
+            status: str = publish.events[-1].status
+        else:  # no event: a silent retry of the attempt (its job republished), or a drop
+            status = "retrying" if publish.messages else outcome
+        self._logs.finish(handle, status, send)
 
     def _stop_task(self, handle: TaskHandle, reason: str) -> None:
         launcher = self._launchers.get(handle.launcher)
@@ -421,15 +486,7 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
                 extra=task_fields(handle, _decision_mark(handle.job_type, decision)),
             )
         if publish is not None:
-            durable = OutcomeDurable(
-                task_id=handle.task_id,
-                attempt_key=attempt_done_key(handle.deployment_id, handle.attempt),
-                deployment_id=handle.deployment_id,
-                outcome=msgspec.json.encode(publish.events[-1]) if publish.events else b"",
-                handle=handle,
-            )
-            after = functools.partial(self.actor_ref.tell, durable)
-            self._publisher.tell(msgspec.structs.replace(publish, after=after))
+            self._publish_after_logs(handle, publish, ended.outcome)
         metrics.JOB_DURATION.labels(launcher=handle.launcher).observe(
             max(0.0, time.time() - handle.launched_at)
         )

@@ -1,4 +1,4 @@
-"""The ``orchestrator`` command: run, validate, config, submit.
+"""The ``orchestrator`` command: run, validate, config, submit, logs.
 
 Every failure ends in one clear line on stderr (a config error: one line per problem) and a documented
 exit code, never a traceback. A line about a dependency names its endpoint as ``host:port`` (never a
@@ -17,14 +17,17 @@ Exit codes (every command):
 code  meaning
 ===== ==============================================================================================
 0     success. ``run``: stopped cleanly; ``validate``: every file valid; ``config``: the config is
-      valid; ``submit``: published (``--wait``: the job succeeded, was stopped, or a deploy is running)
-1     failed. ``submit --wait``: the job failed or was rejected; ``run``: start-up failed (e.g. the
+      valid; ``submit``: published (``--wait``: the job succeeded, was stopped, or a deploy is running);
+      ``logs``: the log was printed (``--follow``: to its end)
+1     failed. ``submit --wait``: the job failed or was rejected; ``logs``: there is no log for the
+      deployment (unknown, not started yet, or expired); ``run``: start-up failed (e.g. the
       HTTP port is taken); an unexpected internal error (one line; ``--log-level DEBUG`` shows its
       traceback)
 2     invalid input: a wrong option or option value, an invalid config (every problem, one line
       each, including what ``run`` checks building its launchers), an invalid job, a file that cannot
       be read; ``validate`` with several files: any of them invalid
-3     ``submit --wait``: no final event within ``--timeout``; ``run``: an actor exceeded its restart
+3     ``submit --wait``: no final event within ``--timeout``; ``logs --follow``: the log did not end
+      within ``--timeout``; ``run``: an actor exceeded its restart
       budget (supervisord restarts the process)
 4     a dependency cannot be used: RabbitMQ or Redis unreachable (refused, DNS, timeout, TLS),
       authentication failed, virtual host refused, exchange or queue missing, access refused
@@ -135,11 +138,18 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 (got {text!r})")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="orchestrator",
         description="Blacktree Build Orchestrator: runs one worker task per job from RabbitMQ.",
-        epilog="Exit codes: 0 ok, 1 failed, 2 invalid input or config, 3 timed out (submit --wait) or "
+        epilog="Exit codes: 0 ok, 1 failed, 2 invalid input or config, 3 timed out (submit --wait, "
+        "logs --follow) or "
         "restart budget exceeded (run), 4 RabbitMQ or Redis unavailable, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -174,6 +184,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds to wait with --wait (default 600); exit 3 when no final event came",
     )
+    submit.add_argument(
+        "--logs", action="store_true", help="with --wait, print the job's build log between its events"
+    )
+
+    logs = command("logs", "print a job's build log (its backlog; with --follow, then live to its end)")
+    logs.add_argument("deployment_id", metavar="DEPLOYMENT_ID", help="the job's deploymentId")
+    logs.add_argument(
+        "--attempt", type=_positive_int, metavar="N", help="only attempt N (default: every attempt)"
+    )
+    logs.add_argument(
+        "--follow",
+        action="store_true",
+        help="after the backlog, print lines as they come until the job's last attempt ends",
+    )
+    logs.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="seconds to follow (default 600); exit 3 when the log has not ended by then",
+    )
     return parser
 
 
@@ -188,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _print_config(args)
         if args.command == "submit":
             return _submit(args)
+        if args.command == "logs":
+            return _logs(args)
         return _run(args)
     except ConfigError as e:
         for problem in e.problems:
@@ -288,7 +321,18 @@ def _submit(args: argparse.Namespace) -> int:
     from orchestrator.submit import submit
 
     config = _load(args)
-    return submit(config, _read_input(args.file), wait=args.wait, timeout=args.timeout)
+    if args.logs and not args.wait:
+        _fail("submit: --logs needs --wait")
+        return EXIT_INVALID
+    return submit(config, _read_input(args.file), wait=args.wait, timeout=args.timeout, logs=args.logs)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from orchestrator.buildlogs.command import show_logs
+
+    return show_logs(
+        _load(args), args.deployment_id, attempt=args.attempt, follow=args.follow, timeout=args.timeout
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

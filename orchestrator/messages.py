@@ -126,6 +126,9 @@ class StatusEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omi
     launcher: str | None = None
     exit_code: int | None = None
     reason: str | None = None
+    #: The Redis Stream key of the job's build log (``<prefix>:logs:<deploymentId>``), on the events
+    #: of an attempt whose log is published (dispatched, running, and how it ended).
+    logs: str | None = None
 
     @property
     def terminal(self) -> bool:

@@ -10,6 +10,7 @@ and dashboards and alerts need no "absent" special cases.
 
 from __future__ import annotations
 
+import bisect
 from typing import Final
 
 from prometheus_client import (
@@ -50,6 +51,13 @@ ECS_OPERATIONS: Final = ("RunTask", "DescribeTasks", "ListTasks", "StopTask")
 #: ``orchestrator_broker_failovers_total{connection}`` values: the execute.queue consumer, and the
 #: confirming publisher (status events, retries, dead letters).
 BROKER_CONNECTIONS: Final = ("consumer", "publisher")
+
+#: ``orchestrator_log_lines_dropped_total{reason}`` values: over a per-second cap, or past a total one.
+LOG_DROP_REASONS: Final = ("rate", "total")
+#: ``orchestrator_cloudwatch_api_calls_total{operation}`` values: every CloudWatch Logs operation called.
+CLOUDWATCH_OPERATIONS: Final = ("FilterLogEvents",)
+#: A log line's time -> its XADD: from a millisecond to a minute.
+LOG_LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 #: Receive -> dispatched: from one millisecond to a minute.
 DISPATCH_LATENCY_BUCKETS: Final = (
@@ -142,6 +150,27 @@ LAUNCHES_INFLIGHT: Final = Gauge(
 ECS_API_CALLS: Final = Counter(
     "orchestrator_ecs_api_calls_total", "Calls to the ECS API, by operation.", ["operation"]
 )
+LOG_LINES_PUBLISHED: Final = Counter(
+    "orchestrator_log_lines_published_total", "Build log lines written to the log streams (markers included)."
+)
+LOG_BYTES_PUBLISHED: Final = Counter(
+    "orchestrator_log_bytes_published_total", "Bytes of build log lines written (their JSON entries)."
+)
+LOG_LINES_DROPPED: Final = Counter(
+    "orchestrator_log_lines_dropped_total",
+    "Build log lines dropped by a per-job cap, by reason (rate: per second; total: per job).",
+    ["reason"],
+)
+LOG_LAG: Final = Histogram(
+    "orchestrator_log_lag_seconds",
+    "Time from a build log line being read (or its source's timestamp) to its publication.",
+    buckets=LOG_LAG_BUCKETS,
+)
+CLOUDWATCH_API_CALLS: Final = Counter(
+    "orchestrator_cloudwatch_api_calls_total",
+    "Calls to the CloudWatch Logs API, by operation.",
+    ["operation"],
+)
 
 
 def _initialise_closed_label_sets() -> None:
@@ -157,6 +186,10 @@ def _initialise_closed_label_sets() -> None:
             STATUS_EVENTS_PUBLISHED.labels(sink=sink, outcome=outcome)
     for operation in ECS_OPERATIONS:
         ECS_API_CALLS.labels(operation=operation)
+    for reason in LOG_DROP_REASONS:
+        LOG_LINES_DROPPED.labels(reason=reason)
+    for operation in CLOUDWATCH_OPERATIONS:
+        CLOUDWATCH_API_CALLS.labels(operation=operation)
     for connection in BROKER_CONNECTIONS:
         BROKER_FAILOVERS.labels(connection=connection)
     for launcher in LAUNCHERS:
@@ -169,6 +202,22 @@ def _initialise_closed_label_sets() -> None:
 
 
 _initialise_closed_label_sets()
+
+
+def observe_many(histogram: Histogram, value: float, count: int) -> None:
+    """``histogram.observe(value)`` ``count`` times, at the cost of one (many log lines share a lag)."""
+    if count == 1:
+        histogram.observe(value)
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # another prometheus-client: the slow way
+        for _ in range(count):
+            histogram.observe(value)
+        return
+    total.inc(value * count)
+    buckets[bisect.bisect_left(bounds, value)].inc(count)
 
 
 def exposition() -> tuple[bytes, str]:

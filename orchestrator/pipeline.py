@@ -9,16 +9,21 @@ guards) is created here, outside the actors, and handed to each new instance.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from orchestrator import metrics
+from orchestrator.buildlogs.local_source import LocalLogSource
+from orchestrator.buildlogs.model import LogSource
+from orchestrator.buildlogs.pump import LogPump
+from orchestrator.buildlogs.redis_stream import RedisStreamSink
 from orchestrator.commands import TasksEnded
 from orchestrator.config import LAUNCHERS, Config
 from orchestrator.coordination import (
     DoneMarkers,
     InstanceRegistry,
     PendingRetries,
+    RedisClient,
     StopMarkers,
     connect_redis,
     instance_id,
@@ -54,6 +59,23 @@ def launchers_in_use(config: Config) -> list[str]:
     """The launch types some job type is configured to use (the default one always)."""
     used = {config.launcher.default} | {t.launcher for t in config.types.values() if t.launcher}
     return [name for name in LAUNCHERS if name in used]
+
+
+def build_log_pump(config: Config, client: RedisClient, launchers: Mapping[str, Launcher]) -> LogPump | None:
+    """The build log pump when ``logs.sinks`` names a sink, with a log source for each launcher in use
+    that has one (local); None when build logs are off."""
+    if "redis" not in config.logs.sinks:
+        return None
+    sources: dict[str, LogSource] = {}
+    if "local" in launchers:
+        sources["local"] = LocalLogSource(config.local.state_dir, config.logs.max_line_bytes)
+    sink = RedisStreamSink(
+        client,
+        config.redis.key_prefix,
+        max_lines_kept=config.logs.max_lines_kept,
+        ttl_seconds=config.logs.ttl_seconds,
+    )
+    return LogPump(config.logs, sink, sources)
 
 
 def register_pipeline(
@@ -121,6 +143,10 @@ def register_pipeline(
         for name, launcher in launchers.items()
     }
     table = TaskTable()
+    logs = build_log_pump(config, client, launchers)
+    if logs is not None:
+        logs.start()
+        supervisor.on_stopped(logs.close)
 
     def followed() -> frozenset[str]:
         """The deployments this process tracks or is launching (what may hold a slot here)."""
@@ -154,6 +180,7 @@ def register_pipeline(
             coordination,
             {name: handle(name) for name in (PUBLISHER, RATE_LIMITER)},
             settler,
+            logs,
         ),
         depends_on=[PUBLISHER],
     )

@@ -45,9 +45,16 @@ EXIT_TIMEOUT: Final = 3
 
 
 def submit(
-    config: Config, raw: bytes, *, wait: bool, timeout: float, out: Callable[[str], None] = print
+    config: Config,
+    raw: bytes,
+    *,
+    wait: bool,
+    timeout: float,
+    out: Callable[[str], None] = print,
+    logs: bool = False,
 ) -> int:
-    """Validate ``raw``, publish it to the execute queue and, with ``wait``, print its events.
+    """Validate ``raw``, publish it to the execute queue and, with ``wait``, print its events (and with
+    ``logs`` its build log's lines between them).
 
     Returns:
         The exit code: 0 published (or, with ``wait``, succeeded), 1 failed, 2 invalid, 3 timed out.
@@ -63,10 +70,10 @@ def submit(
         _publish(config, body)
         out(f"🔄 submitted {job.type} {job.deployment_id}")
         return EXIT_SUCCEEDED
-    with _events(config) as events:
+    with _events(config) as events, _log_lines(config, job.deployment_id, logs, out) as show_lines:
         _publish(config, body)
         out(f"🔄 submitted {job.type} {job.deployment_id}; following its events")
-        return _follow(job, events, timeout, out)
+        return _follow(job, events, timeout, out, show_lines)
 
 
 def _publish(config: Config, body: bytes) -> None:
@@ -265,11 +272,51 @@ def _decode(data: bytes) -> StatusEvent | None:
         return None
 
 
-def _follow(job: JobBase, next_event: EventSource, timeout: float, out: Callable[[str], None]) -> int:
+#: Prints the build log lines that came since the last call (a no-op without ``--logs``).
+ShowLines = Callable[[], None]
+#: How long ``--wait --logs`` waits for an event before it looks for new log lines.
+LOG_LINES_EVERY_SECONDS: Final = 0.1
+
+
+@contextlib.contextmanager
+def _log_lines(
+    config: Config, deployment_id: str, wanted: bool, out: Callable[[str], None]
+) -> Iterator[ShowLines | None]:
+    """With ``wanted``, what prints the job's new log lines: from the start of its stream, read
+    without waiting (the event wait paces it). The job's terminal event comes after its last lines."""
+    if not wanted:
+        yield None
+        return
+    from orchestrator.buildlogs.command import LogPrinter, redis_client
+    from orchestrator.buildlogs.reader import StreamReader
+    from orchestrator.buildlogs.redis_stream import stream_key
+
+    with redis_client(config) as client:
+        key = stream_key(config.redis.key_prefix, deployment_id)
+        last = client.xrevrange(key, count=1)  # from here: not an earlier job's lines
+        reader = StreamReader(client, key, last[0][0].decode() if last else "0-0")
+        printer = LogPrinter(None, out=lambda line: out(f"  │ {line}"), note=lambda _: None)
+
+        def show() -> None:
+            while entries := reader.wait(0):
+                printer.show(entries)
+
+        yield show
+
+
+def _follow(
+    job: JobBase,
+    next_event: EventSource,
+    timeout: float,
+    out: Callable[[str], None],
+    show_lines: ShowLines | None = None,
+) -> int:
     deadline = time.monotonic() + timeout
     target = job.deployment_id
     while (left := deadline - time.monotonic()) > 0:
-        event = next_event(min(left, 1.0))
+        event = next_event(min(left, 1.0 if show_lines is None else LOG_LINES_EVERY_SECONDS))
+        if show_lines is not None:
+            show_lines()
         if event is None or event.deployment_id != target:
             continue
         out(_describe(event))

@@ -546,6 +546,8 @@ def measure_pipeline(
 ) -> PipelineResult:
     """Phases (b) and (c) on one pipeline instance with its own queues."""
     config = bench_config(queue_type, variant, state_dir, args.launch_rate, args.launch_burst)
+    if not args.build_logs:
+        config = with_overrides(config, logs__sinks=())
     if args.launcher == "local":
         # The product's settings: a real concurrency cap, and the default poll (ends are watched).
         config = with_overrides(
@@ -627,7 +629,7 @@ def print_table(
     print()
     print(
         f"Pipeline benchmark: n={args.n} preloaded jobs for (a)/(b); (c) {args.rate:.0f} jobs/s offered "
-        f"for {args.seconds:g} s; launcher {args.launcher}; "
+        f"for {args.seconds:g} s; launcher {args.launcher}; build logs {'on' if args.build_logs else 'off'}; "
         f"ecs.launch_rate {args.launch_rate:g}"
     )
     header = (
@@ -714,9 +716,16 @@ def parse_args() -> argparse.Namespace:
         default=LOCAL_MAX_CONCURRENT,
         help="limits.max_concurrent with --launcher local (default %(default)s)",
     )
+    parser.add_argument(
+        "--build-logs",
+        choices=("on", "off"),
+        default="on",
+        help="follow the workers' build logs (logs.sinks redis, the default) or not (logs.sinks empty)",
+    )
     parser.add_argument("--log-level", default="WARNING", help="the orchestrator's log level")
     parser.add_argument("--log-file", help="write the orchestrator's log here instead of stderr")
     args = parser.parse_args()
+    args.build_logs = args.build_logs == "on"
     for queue_type in args.queue_types:
         if queue_type not in ("quorum", "classic"):
             parser.error(f"--queue-types: {queue_type!r} is neither quorum nor classic")

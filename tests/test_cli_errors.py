@@ -347,6 +347,44 @@ def test_submit_wait_with_tls_to_a_plain_redis() -> None:
     assert_unavailable(result, REDIS, "TLS handshake")
 
 
+# --- logs ------------------------------------------------------------------------------------------
+
+
+def test_logs_with_redis_refusing(closed_port: int) -> None:
+    result = orchestrator("logs", "abc123", env=redis_env(f"redis://127.0.0.1:{closed_port}/0"))
+    assert_unavailable(result, f"127.0.0.1:{closed_port}", "connection refused")
+    assert "Redis" in result.stderr
+
+
+def test_logs_with_a_wrong_redis_password_never_shows_it() -> None:
+    result = orchestrator("logs", "abc123", "--follow", env=redis_env(f"redis://:{PASSWORD}@{REDIS}/0"))
+    assert_unavailable(result, REDIS, "authentication failed")
+    assert PASSWORD not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["logs", "abc123", "--attempt", "0"],
+            "argument --attempt: expected a whole number from 1 (got '0')",
+        ),
+        (["logs", "abc123", "--timeout", "0"], "argument --timeout: must be greater than 0 (got 0)"),
+        (["logs"], "the following arguments are required: DEPLOYMENT_ID"),
+    ],
+)
+def test_a_wrong_logs_option_is_one_line_and_exit_2(args: list[str], expected: str) -> None:
+    result = orchestrator(*args)
+    assert result.returncode == cli.EXIT_INVALID
+    assert expected in one_line(result)
+
+
+def test_submit_logs_needs_wait() -> None:
+    result = orchestrator("submit", "--logs", str(BUILD))
+    assert result.returncode == cli.EXIT_INVALID
+    assert one_line(result) == "❌ submit: --logs needs --wait"
+
+
 # --- config: what run checks, and misspellings --------------------------------------------------
 
 

@@ -49,6 +49,25 @@ DEFAULT_STATUS_QUEUE: Final = "status.queue"
 DEFAULT_STATUS_CHANNEL: Final = "build.status"
 DEFAULT_STATUS_BUFFER: Final = 10_000
 
+#: Where build logs go (empty: nowhere, logs are not followed).
+DEFAULT_LOGS_SINKS: Final = ("redis",)
+#: A line longer than this (in bytes, UTF-8) is split into several.
+DEFAULT_LOGS_MAX_LINE_BYTES: Final = 8192
+#: Approximate length bound of each job's Redis Stream (``XADD ... MAXLEN ~``).
+DEFAULT_LOGS_MAX_LINES_KEPT: Final = 10_000
+#: How long a job's log stream is kept after its last line (and after the job ended).
+DEFAULT_LOGS_TTL_SECONDS: Final = 24 * 3600
+#: Per job: lines and bytes per second (a one-second burst on top) and in total; beyond them lines
+#: are dropped, counted, and one marker line says so.
+DEFAULT_LOGS_MAX_LINES_PER_SECOND: Final = 5_000
+DEFAULT_LOGS_MAX_BYTES_PER_SECOND: Final = 1024 * 1024
+DEFAULT_LOGS_MAX_LINES_TOTAL: Final = 1_000_000
+DEFAULT_LOGS_MAX_BYTES_TOTAL: Final = 100 * 1024 * 1024
+#: How long a job's terminal event waits for its last log lines.
+DEFAULT_LOGS_FINAL_WAIT_SECONDS: Final = 5.0
+#: How often the log pump polls its sources (a round publishes everything new, in one Redis pipeline).
+DEFAULT_LOGS_POLL_SECONDS: Final = 0.05
+
 DEFAULT_LAUNCHER: Final = "local"
 LAUNCHERS: Final = ("local", "fargate", "ec2")
 
@@ -182,6 +201,19 @@ class StatusConfig(Section, frozen=True, kw_only=True):
     buffer: PositiveInt = DEFAULT_STATUS_BUFFER
 
 
+class LogsConfig(Section, frozen=True, kw_only=True):
+    sinks: tuple[Literal["redis"], ...] = DEFAULT_LOGS_SINKS
+    max_line_bytes: Annotated[int, msgspec.Meta(ge=256)] = DEFAULT_LOGS_MAX_LINE_BYTES
+    max_lines_kept: PositiveInt = DEFAULT_LOGS_MAX_LINES_KEPT
+    ttl_seconds: PositiveInt = DEFAULT_LOGS_TTL_SECONDS
+    max_lines_per_second: PositiveInt = DEFAULT_LOGS_MAX_LINES_PER_SECOND
+    max_bytes_per_second: PositiveInt = DEFAULT_LOGS_MAX_BYTES_PER_SECOND
+    max_lines_total: PositiveInt = DEFAULT_LOGS_MAX_LINES_TOTAL
+    max_bytes_total: PositiveInt = DEFAULT_LOGS_MAX_BYTES_TOTAL
+    final_wait_seconds: Annotated[float, msgspec.Meta(ge=0)] = DEFAULT_LOGS_FINAL_WAIT_SECONDS
+    poll_seconds: PositiveFloat = DEFAULT_LOGS_POLL_SECONDS
+
+
 class LauncherConfig(Section, frozen=True, kw_only=True):
     default: Literal["local", "fargate", "ec2"] = DEFAULT_LAUNCHER
 
@@ -283,6 +315,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     broker: BrokerConfig = BrokerConfig()
     redis: RedisConfig = RedisConfig()
     status: StatusConfig = StatusConfig()
+    logs: LogsConfig = LogsConfig()
     launcher: LauncherConfig = LauncherConfig()
     local: LocalConfig = LocalConfig()
     ecs: EcsConfig = EcsConfig()

@@ -41,6 +41,13 @@ def test_every_closed_label_set_is_exposed_at_zero_from_start_up() -> None:
             for k in metrics.LAUNCH_ERROR_KINDS
         ),
         *(f'orchestrator_jobs_dispatched_total{{launcher="{n}"}} 0.0' for n in LAUNCHERS),
+        *(f'orchestrator_log_lines_dropped_total{{reason="{r}"}} 0.0' for r in metrics.LOG_DROP_REASONS),
+        *(
+            f'orchestrator_cloudwatch_api_calls_total{{operation="{op}"}} 0.0'
+            for op in metrics.CLOUDWATCH_OPERATIONS
+        ),
+        "orchestrator_log_lines_published_total 0.0",
+        "orchestrator_log_bytes_published_total 0.0",
     ]
     lines = set(text.splitlines())
     assert [line for line in expected if line not in lines] == []

@@ -1,0 +1,539 @@
+"""The log pump: one thread that polls every log source, shapes, numbers, caps and publishes lines.
+
+Each round (every ``logs.poll_seconds``, or at once while sources have more): carry out the requests
+made since the last round (follow, finish, unfollow: any thread may make them, none blocks), look up
+in Redis where each newly followed attempt's log stands (one round trip for all of them), poll every
+source, turn each raw line into published lines — capped, shaped
+(:mod:`orchestrator.buildlogs.shaping`), numbered ``seq`` 1, 2, 3 … per (deploymentId, attempt) —
+and write all of the round's entries, for every job, with one Redis command
+(:class:`~orchestrator.buildlogs.redis_stream.RedisStreamSink`).
+
+**Resuming.** Each published line is stored with its source cursor. A process that follows an
+attempt (after a launch, or adopting it after its owner died) reads the stream's last entry of that
+attempt and continues after it, with the next ``seq``, from that cursor: no line twice, none missed.
+A round's entries are written by one Lua script call, which Redis runs atomically, so a process
+killed mid-write leaves all or none of them. When the write fails (Redis down) every task goes back
+to where its stream stands and is read again from there once Redis is back.
+
+**Caps.** Per job: lines and bytes per second (token buckets holding :data:`BURST_SECONDS` worth, or
+the pause since the task was last read) and in total. A line over a cap is dropped without being shaped,
+counted in ``orchestrator_log_lines_dropped_total{reason}`` and in the attempt's end entry, and the
+first drop of each kind publishes one marker line (stream ``orchestrator``). What is held per task is
+bounded (its source keeps at most one unfinished line; the pump a few counters), whatever it writes.
+
+**Finishing.** :meth:`LogPump.finish` (the task ended) makes the pump read the task's log to its end,
+then write the attempt's end entry and call back ``on_flushed(True)``. When the log is not complete
+``logs.final_wait_seconds`` after the finish, ``on_flushed(False)`` is called then (the job's last
+event goes out, saying so) and the log is still read, for up to :data:`LATE_SECONDS` more, before
+its end entry is written. Callbacks run on the pump's thread: they must only hand on (``tell``).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+import redis
+
+from orchestrator import metrics
+from orchestrator.backoff import Backoff
+from orchestrator.buildlogs.model import FollowedTask, LogLine, LogSource, RawLine
+from orchestrator.buildlogs.redis_stream import EndEntry, Entry, LineEntry, RedisStreamSink, Resume
+from orchestrator.buildlogs.shaping import shape_line
+from orchestrator.config import LogsConfig
+from orchestrator.logs import FAILURE, SUCCESS, WARNING, emoji
+from orchestrator.redaction import redact_text
+
+if TYPE_CHECKING:
+    from orchestrator.launch.base import TaskHandle
+
+log = logging.getLogger(__name__)
+
+#: Most raw lines read from all sources in one round (the round's memory and Redis write are bounded).
+ROUND_LINES: Final = 10_000
+#: The stream of the pump's own lines (cap markers).
+MARKER_STREAM: Final = "orchestrator"
+#: Reasons of dropped lines (``orchestrator_log_lines_dropped_total{reason}``).
+DROP_REASONS: Final = metrics.LOG_DROP_REASONS
+#: The per-second caps let a job write this many seconds' worth at once.
+BURST_SECONDS: Final = 10.0
+#: After the final wait, how long a finished task's log is still read before it is ended where it is.
+LATE_SECONDS: Final = 60.0
+#: Bound of the pump's wait between two failed Redis writes.
+RETRY_MAX_SECONDS: Final = 5.0
+#: ``close`` waits this long for the thread.
+CLOSE_TIMEOUT_SECONDS: Final = 5.0
+
+OnFlushed = Callable[[bool], None]
+
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+class _Bucket:
+    """A token bucket of ``rate`` per second holding up to :data:`BURST_SECONDS` of it — or, after a
+    longer pause between two reads of the task, that pause's worth.
+
+    The local source stamps a line when it reads it, not when the worker wrote it: a pump running
+    behind reads seconds of a well-behaved worker's output at once, which a one-second bucket would
+    take for a burst and drop.
+    """
+
+    __slots__ = ("capacity", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, now: float, burst_seconds: float = BURST_SECONDS) -> None:
+        self.rate = rate
+        self.capacity = rate * burst_seconds
+        self.tokens = self.capacity
+        self.last = now
+
+    def take(self, amount: float, now: float) -> bool:
+        elapsed = now - self.last
+        if elapsed > 0:
+            self.tokens = min(max(self.capacity, self.rate * elapsed), self.tokens + elapsed * self.rate)
+            self.last = now
+        if self.tokens >= amount:
+            self.tokens -= amount
+            return True
+        return False
+
+
+class _Task:
+    """The pump's state of one followed attempt (a few numbers, whatever the task writes)."""
+
+    def __init__(
+        self, task: FollowedTask, source: LogSource, key: str, config: LogsConfig, now: float
+    ) -> None:
+        self.task = task
+        self.source = source
+        self.key = key
+        self.resolved = False  # where its stream stands has been read
+        self.seq = 0  # last seq given out
+        self.written_seq = 0  # last seq known to be in Redis
+        self.written_cursor: str | None = None
+        self.cursor: str | None = None  # after the last line given out
+        self.lines_total = 0
+        self.bytes_total = 0
+        self.dropped = 0
+        self.marked: set[str] = set()
+        self.written_marked: set[str] = set()
+        self.line_rate = _Bucket(config.max_lines_per_second, now)
+        self.byte_rate = _Bucket(config.max_bytes_per_second, now)
+        self.finish_status: str | None = None
+        self.finish_deadline = 0.0  # the finish is called back (False) by then at the latest
+        self.give_up_at = 0.0  # the log is ended there by then at the latest
+        self.polled_since_finish = False
+        self.callbacks: list[OnFlushed] = []
+
+
+class _Follow(msgspec.Struct, frozen=True):
+    handle: TaskHandle
+
+
+class _Finish(msgspec.Struct, frozen=True):
+    handle: TaskHandle
+    status: str
+    on_flushed: OnFlushed | None
+
+
+class _Unfollow(msgspec.Struct, frozen=True):
+    task_id: str
+
+
+class LogPump:
+    """Publishes the build logs of followed tasks (see the module docstring).
+
+    Args:
+        config: the ``[logs]`` section.
+        sink: the Redis Stream sink.
+        sources: the log source of each launcher (``{"local": LocalLogSource(...)}``); tasks of a
+            launcher without one are not followed (their ``finish`` calls back at once).
+        clock: epoch seconds (tests).
+        late_seconds: how long after ``logs.final_wait_seconds`` a finished task's log is still read
+            (its last event already published) before it is ended where it is.
+    """
+
+    def __init__(
+        self,
+        config: LogsConfig,
+        sink: RedisStreamSink,
+        sources: Mapping[str, LogSource],
+        *,
+        clock: Callable[[], float] = time.time,
+        late_seconds: float = LATE_SECONDS,
+    ) -> None:
+        self._config = config
+        self._late_seconds = late_seconds
+        self._sink = sink
+        self._sources = dict(sources)
+        self._clock = clock
+        self._tasks: dict[str, _Task] = {}
+        self._requests: collections.deque[_Follow | _Finish | _Unfollow] = collections.deque()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = Backoff(0.1, RETRY_MAX_SECONDS)
+        self._retry_at = 0.0
+        self._down = False
+        self._at_cache: tuple[float, str] = (-1.0, "")
+
+    # --- any thread -----------------------------------------------------------------------------
+
+    def key(self, deployment_id: str) -> str:
+        """The stream key of ``deployment_id`` (what status events carry as ``logs``)."""
+        return self._sink.key(deployment_id)
+
+    def follows(self, launcher: str) -> bool:
+        """Whether tasks of ``launcher`` have their logs followed."""
+        return launcher in self._sources
+
+    def follow(self, handle: TaskHandle) -> None:
+        """Start publishing ``handle``'s log (after what its stream already holds). Never blocks."""
+        self._request(_Follow(handle))
+
+    def finish(self, handle: TaskHandle, status: str, on_flushed: OnFlushed | None = None) -> None:
+        """The task ended with ``status``: publish the rest of its log, then its end entry, then call
+        ``on_flushed(True)`` — or ``on_flushed(False)`` after ``logs.final_wait_seconds``. Never blocks."""
+        self._request(_Finish(handle, status, on_flushed))
+
+    def unfollow(self, task_id: str) -> None:
+        """Stop publishing the task's log without ending it (another process follows it now)."""
+        self._request(_Unfollow(task_id))
+
+    def start(self) -> None:
+        """Start the pump's thread."""
+        self._thread = threading.Thread(target=self._run, name="log-pump", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread; every finish still waiting is called back with False."""
+        self._closed.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(CLOSE_TIMEOUT_SECONDS)
+        pending = [cb for task in self._tasks.values() for cb in task.callbacks]
+        pending += [r.on_flushed for r in self._requests if isinstance(r, _Finish) and r.on_flushed]
+        self._tasks.clear()
+        self._requests.clear()
+        for source in self._sources.values():
+            closer = getattr(source, "close", None)
+            if callable(closer):
+                closer()
+        for callback in pending:
+            _call(callback, False)
+
+    def _request(self, request: _Follow | _Finish | _Unfollow) -> None:
+        self._requests.append(request)
+        self._wake.set()
+
+    # --- the pump's thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            started = time.monotonic()
+            busy = False
+            try:
+                busy = self.run_round()
+            except Exception:
+                log.exception("log pump round failed", extra=emoji(FAILURE))
+            if not busy:
+                # Rounds start every poll_seconds (a long round is not followed by a full wait).
+                self._wake.wait(max(0.0, self._config.poll_seconds - (time.monotonic() - started)))
+                self._wake.clear()
+
+    def run_round(self) -> bool:
+        """One round (see the module docstring). Returns whether a source had more than a round's worth."""
+        now = self._clock()
+        self._take_requests(now)
+        self._call_back_late(now)
+        if now < self._retry_at:
+            self._expire_finishes(now)
+            return False
+        if not self._resolve(now):
+            return False
+        entries: list[Entry] = []
+        lag_from: dict[float, int] = {}
+        touched: set[str] = set()
+        polled = 0
+        for source in self._sources.values():
+            for task_id, raws in source.poll(ROUND_LINES):
+                task = self._tasks.get(task_id)
+                if task is None or not task.resolved:
+                    continue
+                touched.add(task_id)
+                polled += len(raws)
+                self._publish(task, raws, entries, lag_from)
+        ended = self._ending(now, touched, entries)
+        published = len(entries) - len(ended)
+        try:
+            self._sink.write(entries)
+        except redis.RedisError as e:
+            self._write_failed(e, now)
+            return False
+        self._written(entries, lag_from, ended)
+        return polled >= ROUND_LINES or published >= ROUND_LINES
+
+    def _take_requests(self, now: float) -> None:
+        while self._requests:
+            request = self._requests.popleft()
+            match request:
+                case _Follow(handle):
+                    self._add(handle, now)
+                case _Finish(handle, status, on_flushed):
+                    task = self._add(handle, now)
+                    if task is None:
+                        if on_flushed is not None:
+                            _call(on_flushed, True)
+                        continue
+                    if task.finish_status is None:
+                        task.finish_status = status
+                        task.finish_deadline = now + self._config.final_wait_seconds
+                        task.give_up_at = task.finish_deadline + self._late_seconds
+                        task.polled_since_finish = False
+                        ended = getattr(task.source, "task_ended", None)
+                        if task.resolved and callable(ended):
+                            ended(task.task.task_id)
+                    if on_flushed is not None:
+                        task.callbacks.append(on_flushed)
+                case _Unfollow(task_id):
+                    task = self._tasks.pop(task_id, None)
+                    if task is not None:
+                        task.source.unfollow(task_id)
+                        callbacks, task.callbacks = task.callbacks, []
+                        for callback in callbacks:
+                            _call(callback, False)
+
+    def _add(self, handle: TaskHandle, now: float) -> _Task | None:
+        task = self._tasks.get(handle.task_id)
+        if task is not None:
+            return task
+        source = self._sources.get(handle.launcher)
+        if source is None:
+            return None
+        followed = FollowedTask(
+            task_id=handle.task_id,
+            deployment_id=handle.deployment_id,
+            attempt=handle.attempt,
+            launcher=handle.launcher,
+            location=source.location_of(handle),
+        )
+        task = _Task(followed, source, self._sink.key(handle.deployment_id), self._config, now)
+        self._tasks[handle.task_id] = task
+        return task
+
+    def _resolve(self, now: float) -> bool:
+        """Read where newly followed attempts stand and start their sources there. False: Redis is down."""
+        new = [t for t in self._tasks.values() if not t.resolved]
+        if not new:
+            return True
+        try:
+            points = self._sink.resume_points([(t.task.deployment_id, t.task.attempt) for t in new])
+        except redis.RedisError as e:
+            self._write_failed(e, now)
+            return False
+        for task, point in zip(new, points, strict=True):
+            self._start(task, point)
+        return True
+
+    def _start(self, task: _Task, point: Resume) -> None:
+        task.resolved = True
+        task.seq = task.written_seq = point.seq
+        task.cursor = task.written_cursor = point.cursor
+        if point.ended:  # a previous owner published the whole attempt, its end too
+            self._tasks.pop(task.task.task_id, None)
+            for callback in task.callbacks:
+                _call(callback, True)
+            return
+        task.source.follow(task.task, point.cursor)
+        if task.finish_status is not None:
+            ended = getattr(task.source, "task_ended", None)
+            if callable(ended):
+                ended(task.task.task_id)
+        if point.seq:
+            log.info(
+                "resuming the log of %s attempt %d after line %d",
+                task.task.deployment_id,
+                task.task.attempt,
+                point.seq,
+                extra=emoji(SUCCESS),
+            )
+
+    def _publish(
+        self, task: _Task, raws: list[RawLine], entries: list[Entry], lag_from: dict[float, int]
+    ) -> None:
+        config = self._config
+        for raw in raws:
+            size = len(raw.text) + 1
+            reason = None
+            if task.lines_total >= config.max_lines_total or task.bytes_total + size > config.max_bytes_total:
+                reason = "total"
+            elif not (task.line_rate.take(1, raw.at) and task.byte_rate.take(size, raw.at)):
+                reason = "rate"
+            if reason is not None:
+                task.dropped += 1
+                metrics.LOG_LINES_DROPPED.labels(reason=reason).inc()
+                if reason not in task.marked:
+                    task.marked.add(reason)
+                    self._append(task, MARKER_STREAM, _marker(reason, config), raw, entries, lag_from)
+                continue
+            task.lines_total += 1
+            task.bytes_total += size
+            for piece in shape_line(raw.text, config.max_line_bytes):
+                self._append(task, raw.stream, piece, raw, entries, lag_from)
+
+    def _append(
+        self,
+        task: _Task,
+        stream: str,
+        text: str,
+        raw: RawLine,
+        entries: list[Entry],
+        lag_from: dict[float, int],
+    ) -> None:
+        task.seq += 1
+        line = LogLine(
+            deployment_id=task.task.deployment_id,
+            attempt=task.task.attempt,
+            seq=task.seq,
+            at=self._rfc3339(raw.at),
+            stream=stream,
+            line=text,
+        )
+        entries.append(LineEntry(task.key, _ENCODER.encode(line), raw.cursor))
+        task.cursor = raw.cursor
+        lag_from[raw.at] = lag_from.get(raw.at, 0) + 1
+
+    def _ending(self, now: float, touched: set[str], entries: list[Entry]) -> list[tuple[_Task, bool]]:
+        """The finishing tasks whose log is complete (or whose wait is over): their end entries."""
+        ended: list[tuple[_Task, bool]] = []
+        for task in self._tasks.values():
+            if task.finish_status is None or not task.resolved:
+                continue
+            caught_up = getattr(task.source, "caught_up", None)
+            if callable(caught_up):
+                complete = bool(caught_up(task.task.task_id))
+            else:
+                complete = task.polled_since_finish and task.task.task_id not in touched
+            task.polled_since_finish = True
+            if complete or now >= task.give_up_at:
+                entries.append(
+                    EndEntry(task.key, task.task.attempt, task.finish_status, task.seq, task.dropped)
+                )
+                ended.append((task, complete))
+        return ended
+
+    def _call_back_late(self, now: float) -> None:
+        """A finish whose wait is over is called back (False) now; its log is still read after."""
+        for task in self._tasks.values():
+            if task.callbacks and task.finish_status is not None and now >= task.finish_deadline:
+                log.warning(
+                    "the log of %s attempt %d was not complete %.0f s after the task ended: its last "
+                    "event goes out now, the rest of its log follows",
+                    task.task.deployment_id,
+                    task.task.attempt,
+                    self._config.final_wait_seconds,
+                    extra=emoji(WARNING),
+                )
+                callbacks, task.callbacks = task.callbacks, []
+                for callback in callbacks:
+                    _call(callback, False)
+
+    def _expire_finishes(self, now: float) -> None:
+        """While Redis is down: a finished task past its last chance is forgotten (no end entry)."""
+        for task in [t for t in self._tasks.values() if t.finish_status and now >= t.give_up_at]:
+            self._tasks.pop(task.task.task_id, None)
+            task.source.unfollow(task.task.task_id)
+
+    def _written(
+        self, entries: list[Entry], lag_from: dict[float, int], ended: list[tuple[_Task, bool]]
+    ) -> None:
+        if self._down:
+            self._down = False
+            log.info("log pump: Redis is back; publishing logs again", extra=emoji(SUCCESS))
+        self._backoff.reset()
+        written_at = self._clock()
+        lines = len(entries) - len(ended)
+        if lines:
+            metrics.LOG_LINES_PUBLISHED.inc(lines)
+            metrics.LOG_BYTES_PUBLISHED.inc(sum(len(e.line) for e in entries if isinstance(e, LineEntry)))
+            for at, count in lag_from.items():
+                metrics.observe_many(metrics.LOG_LAG, max(0.0, written_at - at), count)
+        for task in self._tasks.values():
+            task.written_seq = task.seq
+            task.written_cursor = task.cursor
+            task.written_marked = set(task.marked)
+        for task, complete in ended:
+            self._tasks.pop(task.task.task_id, None)
+            task.source.unfollow(task.task.task_id)
+            if not complete:
+                log.warning(
+                    "the log of %s attempt %d was still not complete %.0f s after the task ended; "
+                    "ended it there",
+                    task.task.deployment_id,
+                    task.task.attempt,
+                    self._config.final_wait_seconds + self._late_seconds,
+                    extra=emoji(WARNING),
+                )
+            for callback in task.callbacks:
+                _call(callback, complete)
+
+    def _write_failed(self, error: redis.RedisError, now: float) -> None:
+        """Every task goes back to what its stream holds, to be read again from there."""
+        if not self._down:
+            self._down = True
+            log.warning(
+                "log pump: cannot write to Redis (%s); lines wait in the logs and are published when it "
+                "is back",
+                redact_text(str(error)),
+                extra=emoji(WARNING),
+            )
+        for task in self._tasks.values():
+            if not task.resolved:
+                continue
+            if task.seq != task.written_seq:
+                task.seq = task.written_seq
+                task.cursor = task.written_cursor
+                task.marked = set(task.written_marked)
+                task.source.unfollow(task.task.task_id)
+                task.source.follow(task.task, task.written_cursor)
+                if task.finish_status is not None:
+                    ended = getattr(task.source, "task_ended", None)
+                    if callable(ended):
+                        ended(task.task.task_id)
+        self._retry_at = now + self._backoff.next_delay()
+        self._expire_finishes(now)
+
+    def _rfc3339(self, at: float) -> str:
+        cached_at, text = self._at_cache
+        if at == cached_at:
+            return text
+        moment = dt.datetime.fromtimestamp(at, dt.UTC)
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        self._at_cache = (at, text)
+        return text
+
+
+def _marker(reason: str, config: LogsConfig) -> str:
+    if reason == "total":
+        text = (
+            f"⚠️ this job's output reached its limit ({config.max_lines_total} lines or "
+            f"{config.max_bytes_total} bytes): the rest is dropped"
+        )
+    else:
+        text = (
+            f"⚠️ this job's output is over its limit ({config.max_lines_per_second} lines or "
+            f"{config.max_bytes_per_second} bytes per second): lines over it are dropped"
+        )
+    return text
+
+
+def _call(callback: OnFlushed, flushed: bool) -> None:
+    try:
+        callback(flushed)
+    except Exception:
+        log.exception("log pump callback failed", extra=emoji(FAILURE))
