@@ -1,0 +1,14 @@
+"""Build logs: every worker's output, shaped and published per job next to its status events.
+
+* :mod:`orchestrator.buildlogs.model` — :class:`RawLine`, :class:`FollowedTask`, :class:`LogSource`,
+  :class:`LogLine`: the interface between sources and the pump;
+* :mod:`orchestrator.buildlogs.shaping` — bytes to safe text (UTF-8, escaped, split, redacted);
+* :mod:`orchestrator.buildlogs.local_source` — one follower for every local task's log file;
+* :mod:`orchestrator.buildlogs.cloudwatch` — ECS tasks' ``awslogs`` streams;
+* :mod:`orchestrator.buildlogs.redis_stream` — the Redis Stream sink;
+* :mod:`orchestrator.buildlogs.pump` — the one thread that polls sources and publishes.
+"""
+
+from orchestrator.buildlogs.model import FollowedTask, LogLine, LogSource, RawLine
+
+__all__ = ["FollowedTask", "LogLine", "LogSource", "RawLine"]
