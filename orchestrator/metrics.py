@@ -46,7 +46,9 @@ REJECTION_CLASSES: Final = (*REASON_CLASSES, POISON_REASON_CLASS, CONFLICT_REASO
 STATUS_SINKS: Final = ("amqp", "redis")
 PUBLISH_OUTCOMES: Final = ("ok", "error", "dropped")
 #: ``orchestrator_ecs_api_calls_total{operation}`` values: every ECS operation the launcher calls.
-ECS_OPERATIONS: Final = ("RunTask", "DescribeTasks", "ListTasks", "StopTask")
+ECS_OPERATIONS: Final = ("RunTask", "DescribeTasks", "ListTasks", "StopTask", "DescribeTaskDefinition")
+#: ``orchestrator_cloudwatch_api_calls_total{operation}`` values: every CloudWatch Logs operation called.
+CLOUDWATCH_OPERATIONS: Final = ("FilterLogEvents", "GetLogEvents", "DescribeLogStreams")
 
 #: Receive -> dispatched: from one millisecond to a minute.
 DISPATCH_LATENCY_BUCKETS: Final = (
@@ -135,6 +137,12 @@ ECS_API_CALLS: Final = Counter(
     "orchestrator_ecs_api_calls_total", "Calls to the ECS API, by operation.", ["operation"]
 )
 
+CLOUDWATCH_API_CALLS: Final = Counter(
+    "orchestrator_cloudwatch_api_calls_total",
+    "Calls to the CloudWatch Logs API, by operation.",
+    ["operation"],
+)
+
 
 def _initialise_closed_label_sets() -> None:
     BUILD_INFO.labels(version=__version__).set(1)
@@ -149,6 +157,8 @@ def _initialise_closed_label_sets() -> None:
             STATUS_EVENTS_PUBLISHED.labels(sink=sink, outcome=outcome)
     for operation in ECS_OPERATIONS:
         ECS_API_CALLS.labels(operation=operation)
+    for operation in CLOUDWATCH_OPERATIONS:
+        CLOUDWATCH_API_CALLS.labels(operation=operation)
     for launcher in LAUNCHERS:
         JOBS_DISPATCHED.labels(launcher=launcher)
         JOB_DURATION.labels(launcher=launcher)
