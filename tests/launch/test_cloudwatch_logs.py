@@ -27,7 +27,7 @@ from orchestrator.launch.ecs import EcsLauncher
 
 from .conftest import CONTAINER, REGION, EcsWorld
 from .helpers import config_from
-from .test_ecs import request_for
+from .test_ecs import moto_task, request_for
 
 GROUP = "/blacktree/workers"
 PREFIX = "build"
@@ -501,3 +501,60 @@ def test_last_lines_are_the_streams_last_messages_oldest_first(logs: Any) -> Non
     assert last_lines(logs, GROUP, "build/worker/t1", n=5) == [f"line {i}" for i in range(3, 8)]
     assert last_lines(logs, GROUP, "build/worker/none") == []
     assert last_lines(logs, "/no/such/group", "build/worker/t1") == []
+
+
+# --- a failed ECS task's reason ------------------------------------------------------------------------
+
+
+def test_a_failed_tasks_reason_says_where_its_log_is_and_quotes_its_last_lines_once(
+    ecs_world: EcsWorld, awslogs_definition: str, logs: Any
+) -> None:
+    launcher = EcsLauncher(
+        config_from(ecs_world.environ(task_definition="worker-logged")), "FARGATE", logs_client=logs
+    )
+    handle = launcher.launch(request_for())
+    stream = f"{PREFIX}/{CONTAINER}/{handle.task_id.rsplit('/', 1)[-1]}"
+    t = now_ms()
+    put(
+        logs,
+        stream,
+        *[(t + i, f"step {i}") for i in range(6)],
+        (t + 6, "fatal: could not read from https://bob:hunter2@github.com/blacktree/app.git\x1b[0m"),
+    )
+    task = moto_task(handle.task_id)
+    task.status = task.last_status = "STOPPED"
+    task.containers[0].exitCode = 10
+    task.stop_code = "EssentialContainerExited"
+    task.stopped_reason = "Essential container in task exited"
+    before = calls_counted("GetLogEvents")
+
+    [state] = launcher.describe([handle])
+
+    assert state.phase == "stopped" and state.exit_code == 10
+    assert state.reason is not None
+    assert state.reason.startswith(
+        f"EssentialContainerExited: Essential container in task exited; log {GROUP} {stream}; "
+        "last lines: step 2 | step 3 | step 4 | step 5 | fatal: could not read from https://"
+    )
+    assert "hunter2" not in state.reason, "redacted"
+    assert "\x1b" not in state.reason and "\\x1b[0m" in state.reason, "control characters shown escaped"
+    assert "step 1" not in state.reason
+
+    [again] = launcher.describe([handle])
+    assert again.reason == state.reason
+    assert calls_counted("GetLogEvents") - before == 1, "one GetLogEvents per failed task"
+
+
+def test_a_failed_task_without_awslogs_keeps_its_plain_reason(ecs_world: EcsWorld, logs: Any) -> None:
+    launcher = EcsLauncher(config_from(ecs_world.environ()), "FARGATE", logs_client=logs)
+    handle = launcher.launch(request_for())
+    task = moto_task(handle.task_id)
+    task.status = task.last_status = "STOPPED"
+    task.containers[0].exitCode = 3
+    task.stop_code = "EssentialContainerExited"
+    before = calls_counted("GetLogEvents")
+
+    [state] = launcher.describe([handle])
+
+    assert (state.phase, state.exit_code, state.reason) == ("stopped", 3, "EssentialContainerExited")
+    assert calls_counted("GetLogEvents") == before
