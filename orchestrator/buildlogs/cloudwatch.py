@@ -204,6 +204,8 @@ class CloudWatchSource:
             launchers'.
         clock: wall time, epoch seconds (event times are compared with it).
         monotonic: monotonic seconds (pacing); the token bucket uses it too.
+        autostart: start the fetch thread at the first :meth:`follow` (tests that call
+            :meth:`fetch_once` themselves say False).
     """
 
     name = "cloudwatch"
@@ -216,8 +218,10 @@ class CloudWatchSource:
         ecs_client: Any = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        autostart: bool = True,
     ) -> None:
         self.config = config
+        self._autostart = autostart
         self.client = logs_client if logs_client is not None else make_logs_client(config.ecs)
         self.locator = AwslogsLocator(
             config, ecs_client if ecs_client is not None else make_ecs_client(config.ecs, 0)
@@ -228,6 +232,7 @@ class CloudWatchSource:
         self._lock = threading.Lock()
         self._followed: dict[str, _Followed] = {}
         self._to_locate: dict[str, TaskHandle] = {}
+        self._ended_at: dict[str, float] = {}
         self._calls: dict[tuple[str, tuple[str, ...]], _Call] = {}
         self._buffered_lines = 0
         self._buffered_bytes = 0
@@ -258,6 +263,8 @@ class CloudWatchSource:
         with self._lock:
             if task.task_id not in self._followed:
                 self._followed[task.task_id] = _Followed(task, location, resume)
+        if self._autostart:
+            self.start()
         self._wake.set()
 
     def unfollow(self, task_id: str) -> None:
@@ -265,6 +272,7 @@ class CloudWatchSource:
         with self._lock:
             followed = self._followed.pop(task_id, None)
             self._to_locate.pop(task_id, None)
+            self._ended_at.pop(task_id, None)
             if followed is not None:
                 self._unbuffer(len(followed.buffer), sum(len(r.text) for r in followed.buffer))
 
@@ -309,20 +317,30 @@ class CloudWatchSource:
         """
         return self.locator.location(handle)
 
-    def caught_up(self, task_id: str, since: float) -> bool:
-        """Whether every line of the task visible at ``since`` (epoch s) was fetched and polled: a
-        complete call over its stream (or a look that found it still missing) started after
-        ``since``. True for a task not followed or without a stream. For the pump's final drain: ask
-        with ``since`` = the time the task was seen stopped, plus the ingestion delay it allows."""
+    def task_ended(self, task_id: str) -> None:
+        """The task ended (the pump's word): :meth:`caught_up` waits for a read that starts from now."""
+        with self._lock:
+            if task_id in self._followed:
+                self._ended_at.setdefault(task_id, self._clock())
+        self._wake.set()
+
+    def caught_up(self, task_id: str, since: float | None = None) -> bool:
+        """Whether every line of the task visible at ``since`` (epoch s; default: when
+        :meth:`task_ended` was told, else the first time this was asked) was fetched and polled: a
+        complete call over its stream (or a look that found it still missing) started at or after
+        ``since``. True for a task not followed or without a stream. The pump's final drain asks this
+        after the task ended, until its ``logs.final_wait_seconds`` are over."""
         with self._lock:
             followed = self._followed.get(task_id)
             if followed is None or (followed.location is None and task_id not in self._to_locate):
                 return True
+            if since is None:
+                since = self._ended_at.setdefault(task_id, self._clock())
             return not followed.buffer and followed.read_at is not None and followed.read_at >= since
 
     def start(self) -> None:
-        """Start the fetch thread."""
-        if self._thread is None:
+        """Start the fetch thread (:meth:`follow` does, unless made with ``autostart=False``)."""
+        if self._thread is None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._run, name="cloudwatch-logs", daemon=True)
             self._thread.start()
 

@@ -91,7 +91,11 @@ def clock() -> FakeClock:
 def source(ecs_world: EcsWorld, logs: Any, clock: FakeClock) -> Iterator[CloudWatchSource]:
     config = config_from(ecs_world.environ(task_definition="worker-logged"))
     made = CloudWatchSource(
-        config, logs_client=logs, ecs_client=boto3.client("ecs", region_name=REGION), monotonic=clock
+        config,
+        logs_client=logs,
+        ecs_client=boto3.client("ecs", region_name=REGION),
+        monotonic=clock,
+        autostart=False,
     )
     yield made
     made.close()
@@ -155,7 +159,9 @@ def test_a_task_definition_without_awslogs_gives_no_location(
     ecs_world: EcsWorld, logs: Any, clock: FakeClock
 ) -> None:
     config = config_from(ecs_world.environ())  # the conftest's definition: no logConfiguration
-    source = CloudWatchSource(config, logs_client=logs, ecs_client=boto3.client("ecs", region_name=REGION))
+    source = CloudWatchSource(
+        config, logs_client=logs, ecs_client=boto3.client("ecs", region_name=REGION), autostart=False
+    )
     handle = EcsLauncher(config, "FARGATE").launch(request_for())
 
     assert source.resolve_location(handle) == ""
@@ -231,7 +237,9 @@ def test_resuming_from_a_cursor_gives_the_lines_after_it_and_no_duplicate(
     assert [line.text for line in lines] == [b"one", b"two"]
 
     # Given another process adopts the task with the cursor stored beside the last published line
-    adopter = CloudWatchSource(source.config, logs_client=logs, ecs_client=object(), monotonic=clock)
+    adopter = CloudWatchSource(
+        source.config, logs_client=logs, ecs_client=object(), monotonic=clock, autostart=False
+    )
     adopter.follow(followed("t1", "build/worker/t1"), lines[-1].cursor)
     # When it reads the stream
     adopter.fetch_once()
@@ -317,20 +325,21 @@ def test_a_stream_that_does_not_exist_yet_is_not_an_error(
     assert texts(source.poll(100), "t1") == [b"started"]
 
 
-def test_caught_up_after_a_complete_call_that_started_later(
+def test_caught_up_once_a_complete_call_started_after_the_task_ended(
     source: CloudWatchSource, logs: Any, clock: FakeClock
 ) -> None:
     put(logs, "build/worker/t1", (now_ms(), "last words"))
     source.follow(followed("t1", "build/worker/t1"), None)
-    stopped_at = time.time()
-    assert not source.caught_up("t1", stopped_at)
+    source.task_ended("t1")  # what the pump says when the task's end is handled
+    assert not source.caught_up("t1")
 
     source.fetch_once()
-    assert not source.caught_up("t1", stopped_at), "lines fetched but not yet polled"
-    source.poll(100)
+    assert not source.caught_up("t1"), "lines fetched but not yet polled"
+    assert texts(source.poll(100), "t1") == [b"last words"]
 
-    assert source.caught_up("t1", stopped_at)
-    assert not source.caught_up("t1", time.time() + 60)
+    assert source.caught_up("t1")
+    assert not source.caught_up("t1", time.time() + 60), "no call started after that"
+    assert source.caught_up("not-followed")
 
 
 # --- AWS's own behaviour: a missing stream fails the whole call; throttling -------------------------
@@ -379,7 +388,11 @@ def aws_like(
 ) -> Iterator[tuple[CloudWatchSource, AwsLikeLogs]]:
     client = AwsLikeLogs(logs)
     made = CloudWatchSource(
-        config_from(ecs_world.environ()), logs_client=client, ecs_client=object(), monotonic=clock
+        config_from(ecs_world.environ()),
+        logs_client=client,
+        ecs_client=object(),
+        monotonic=clock,
+        autostart=False,
     )
     yield made, client
     made.close()
@@ -451,7 +464,9 @@ def test_the_token_bucket_paces_calls_whatever_the_number_of_calls_wanted(
 ) -> None:
     config = config_from(ecs_world.environ(logs_api_rate="2", logs_api_burst="2"))
     client = CountingLogs()
-    source = CloudWatchSource(config, logs_client=client, ecs_client=object(), monotonic=clock)
+    source = CloudWatchSource(
+        config, logs_client=client, ecs_client=object(), monotonic=clock, autostart=False
+    )
     for group in range(6):  # six log groups: six calls wanted per round
         source.follow(followed(f"t{group}", "build/worker/t", group=f"/group/{group}"), None)
 
@@ -480,9 +495,8 @@ def test_the_logs_api_rate_and_burst_are_config_keys(ecs_world: EcsWorld) -> Non
 
 def test_the_fetch_thread_delivers_lines_without_the_pump_waiting(ecs_world: EcsWorld, logs: Any) -> None:
     source = CloudWatchSource(config_from(ecs_world.environ()), logs_client=logs, ecs_client=object())
-    source.start()
     try:
-        source.follow(followed("t1", "build/worker/t1"), None)
+        source.follow(followed("t1", "build/worker/t1"), None)  # starts the fetch thread
         put(logs, "build/worker/t1", (now_ms(), "live"))
         got: list[bytes] = []
         deadline = time.monotonic() + DEADLINE_SECONDS
