@@ -47,7 +47,7 @@ REJECTION_CLASSES: Final = (*REASON_CLASSES, POISON_REASON_CLASS, CONFLICT_REASO
 STATUS_SINKS: Final = ("amqp", "redis")
 PUBLISH_OUTCOMES: Final = ("ok", "error", "dropped")
 #: ``orchestrator_ecs_api_calls_total{operation}`` values: every ECS operation the launcher calls.
-ECS_OPERATIONS: Final = ("RunTask", "DescribeTasks", "ListTasks", "StopTask")
+ECS_OPERATIONS: Final = ("RunTask", "DescribeTasks", "ListTasks", "StopTask", "DescribeTaskDefinition")
 #: ``orchestrator_broker_failovers_total{connection}`` values: the execute.queue consumer, and the
 #: confirming publisher (status events, retries, dead letters).
 BROKER_CONNECTIONS: Final = ("consumer", "publisher")
@@ -55,7 +55,7 @@ BROKER_CONNECTIONS: Final = ("consumer", "publisher")
 #: ``orchestrator_log_lines_dropped_total{reason}`` values: over a per-second cap, or past a total one.
 LOG_DROP_REASONS: Final = ("rate", "total")
 #: ``orchestrator_cloudwatch_api_calls_total{operation}`` values: every CloudWatch Logs operation called.
-CLOUDWATCH_OPERATIONS: Final = ("FilterLogEvents",)
+CLOUDWATCH_OPERATIONS: Final = ("FilterLogEvents", "GetLogEvents", "DescribeLogStreams")
 #: A log line's time -> its XADD: from a millisecond to a minute.
 LOG_LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

@@ -86,6 +86,14 @@ DEFAULT_ECS_EC2_AWSVPC: Final = False
 DEFAULT_MAX_INFLIGHT_LAUNCHES: Final = 10
 DEFAULT_LAUNCH_RATE: Final = 20.0
 DEFAULT_LAUNCH_BURST: Final = 100
+#: CloudWatch Logs calls per second of one process's ECS log follower. FilterLogEvents and
+#: DescribeLogStreams are limited to 5 transactions per second per account and Region (a hard limit
+#: for FilterLogEvents; https://repost.aws/knowledge-center/cloudwatch-logs-throttling and
+#: https://docs.aws.amazon.com/AmazonCloudWatch/latest/logs/cloudwatch_limits_cwl.html), shared by
+#: every process and person using the account: 2/s leaves room for a second orchestrator process and
+#: for the console.
+DEFAULT_ECS_LOGS_API_RATE: Final = 2.0
+DEFAULT_ECS_LOGS_API_BURST: Final = 2
 
 DEFAULT_MAX_CONCURRENT: Final = 10
 DEFAULT_MAX_ATTEMPTS: Final = 3
@@ -248,6 +256,9 @@ class EcsConfig(Section, frozen=True, kw_only=True):
     max_inflight_launches: PositiveInt = DEFAULT_MAX_INFLIGHT_LAUNCHES
     launch_rate: PositiveFloat = DEFAULT_LAUNCH_RATE
     launch_burst: PositiveInt = DEFAULT_LAUNCH_BURST
+    #: Client-side token bucket of the CloudWatch Logs calls that follow ECS tasks' logs.
+    logs_api_rate: PositiveFloat = DEFAULT_ECS_LOGS_API_RATE
+    logs_api_burst: PositiveInt = DEFAULT_ECS_LOGS_API_BURST
 
 
 class LimitsConfig(Section, frozen=True, kw_only=True):

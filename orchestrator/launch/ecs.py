@@ -37,6 +37,7 @@ from orchestrator.launch.base import (
     worker_environment,
 )
 from orchestrator.launch.ecs_client import make_ecs_client
+from orchestrator.launch.ecs_failure_notes import FailureNotes
 from orchestrator.launch.ecs_params import (
     FARGATE_PROVIDERS,
     parse_capacity_providers,
@@ -104,6 +105,8 @@ class EcsLauncher:
             (a request's own ``type.<name>`` overrides still come first).
         client: A ready ECS client (tests); by default one built from ``ecs.region`` and
             ``ecs.endpoint_url`` with botocore's standard retry mode.
+        logs_client: A ready CloudWatch Logs client (tests), for failed tasks' last lines; by
+            default one made on first use.
 
     Raises:
         ConfigError: a textual setting (capacity providers, placement) cannot be parsed.
@@ -118,6 +121,7 @@ class EcsLauncher:
         job_type: str | None = None,
         *,
         client: Any = None,
+        logs_client: Any = None,
     ) -> None:
         if launch_type not in LAUNCHER_NAMES:
             raise ConfigError([f"launch type {launch_type!r}: expected FARGATE or EC2"])
@@ -142,6 +146,7 @@ class EcsLauncher:
         self._describe_pool = concurrent.futures.ThreadPoolExecutor(
             DESCRIBE_CONCURRENCY, thread_name_prefix=f"describe-{self.name}"
         )
+        self.failure_notes = FailureNotes(config, self.client, self._call, logs_client)
 
     # --- per job type ---------------------------------------------------------------------------
 
@@ -279,7 +284,9 @@ class EcsLauncher:
         """DescribeTasks in batches of at most 100 ARNs per call, grouped by cluster.
 
         The answers are read by :func:`~orchestrator.launch.ecs_states.states_of`: each task's phase,
-        exit code and reason, and ``missing`` for an ARN that ECS reports MISSING (or leaves out).
+        exit code and reason, and ``missing`` for an ARN that ECS reports MISSING (or leaves out). A
+        task that failed (non-zero exit code) also gets where its ``awslogs`` log is and its last
+        lines (:mod:`~orchestrator.launch.ecs_failure_notes`).
 
         Raises:
             LaunchError: a DescribeTasks call failed (classified like RunTask errors).
@@ -297,7 +304,8 @@ class EcsLauncher:
         def describe(call: tuple[str, list[str]]) -> Any:
             return self._call("DescribeTasks", self.client.describe_tasks, cluster=call[0], tasks=call[1])
 
-        return states_of(self._describe_pool.map(describe, calls), handles, container_by_arn)
+        responses = list(self._describe_pool.map(describe, calls))
+        return self.failure_notes.add_to(states_of(responses, handles, container_by_arn), responses)
 
     def stop(self, handle: TaskHandle, reason: str) -> None:
         """StopTask with ``reason`` (cut to 255 characters). A task ECS no longer knows is left alone.

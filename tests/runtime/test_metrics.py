@@ -49,6 +49,7 @@ REQUIRED = {
     "orchestrator_launches_inflight": "gauge",
     "orchestrator_launch_duration_seconds": "histogram",
     "orchestrator_ecs_api_calls": "counter",
+    "orchestrator_cloudwatch_api_calls": "counter",
     "orchestrator_slots_released_by_audit": "counter",
 }
 

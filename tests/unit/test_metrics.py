@@ -33,6 +33,10 @@ def test_every_closed_label_set_is_exposed_at_zero_from_start_up() -> None:
             for o in metrics.PUBLISH_OUTCOMES
         ),
         *(f'orchestrator_ecs_api_calls_total{{operation="{op}"}} 0.0' for op in metrics.ECS_OPERATIONS),
+        *(
+            f'orchestrator_cloudwatch_api_calls_total{{operation="{op}"}} 0.0'
+            for op in metrics.CLOUDWATCH_OPERATIONS
+        ),
         *(f'orchestrator_jobs_finished_total{{outcome="{o}"}} 0.0' for o in metrics.OUTCOMES),
         *(f'orchestrator_timeouts_total{{kind="{k}"}} 0.0' for k in metrics.TIMEOUT_KINDS),
         *(
@@ -59,6 +63,14 @@ def test_every_ecs_operation_the_launcher_calls_has_its_series() -> None:
     called = set(re.findall(r'self\._call\(\s*"(\w+)"', source))
     assert called, "the ECS launcher's calls were not found: this test reads them from its source"
     assert called <= set(metrics.ECS_OPERATIONS)
+
+
+def test_every_cloudwatch_operation_called_has_its_series() -> None:
+    called: set[str] = set()
+    for path in (ROOT / "orchestrator" / "buildlogs").glob("*.py"):
+        called.update(re.findall(r'logs_call\(\s*"(\w+)"', path.read_text()))
+    assert called, "the CloudWatch calls were not found: this test reads them from the source"
+    assert called <= set(metrics.CLOUDWATCH_OPERATIONS)
 
 
 def test_every_status_sink_and_outcome_the_code_counts_has_its_series() -> None:
