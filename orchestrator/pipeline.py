@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 from orchestrator import metrics
+from orchestrator.buildlogs.cloudwatch import CloudWatchSource
 from orchestrator.buildlogs.local_source import LocalLogSource
 from orchestrator.buildlogs.model import LogSource
 from orchestrator.buildlogs.pump import LogPump
@@ -31,6 +32,7 @@ from orchestrator.coordination import (
 from orchestrator.delivery import Settler
 from orchestrator.launch import make_launcher
 from orchestrator.launch.base import Launcher, NotifiesEnds
+from orchestrator.launch.ecs import EcsLauncher
 from orchestrator.launch.guard import GuardedLauncher
 from orchestrator.poison import RedeliveryCounter
 from orchestrator.reconcile import Reconciler
@@ -63,12 +65,18 @@ def launchers_in_use(config: Config) -> list[str]:
 
 def build_log_pump(config: Config, client: RedisClient, launchers: Mapping[str, Launcher]) -> LogPump | None:
     """The build log pump when ``logs.sinks`` names a sink, with a log source for each launcher in use
-    that has one (local); None when build logs are off."""
+    that has one (local: the task's log file; ECS: its CloudWatch Logs stream, one source shared by
+    both ECS launch types); None when build logs are off."""
     if "redis" not in config.logs.sinks:
         return None
     sources: dict[str, LogSource] = {}
     if "local" in launchers:
         sources["local"] = LocalLogSource(config.local.state_dir, config.logs.max_line_bytes)
+    ecs = [name for name, launcher in launchers.items() if isinstance(launcher, EcsLauncher)]
+    if ecs:
+        cloudwatch = CloudWatchSource(config)
+        for name in ecs:
+            sources[name] = cloudwatch
     sink = RedisStreamSink(
         client,
         config.redis.key_prefix,

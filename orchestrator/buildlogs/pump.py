@@ -220,12 +220,16 @@ class LogPump:
         pending += [r.on_flushed for r in self._requests if isinstance(r, _Finish) and r.on_flushed]
         self._tasks.clear()
         self._requests.clear()
-        for source in self._sources.values():
+        for source in self._distinct_sources():
             closer = getattr(source, "close", None)
             if callable(closer):
                 closer()
         for callback in pending:
             _call(callback, False)
+
+    def _distinct_sources(self) -> list[LogSource]:
+        """Each source once (one may serve several launchers: CloudWatch serves fargate and ec2)."""
+        return list({id(source): source for source in self._sources.values()}.values())
 
     def _request(self, request: _Follow | _Finish | _Unfollow) -> None:
         self._requests.append(request)
@@ -260,7 +264,7 @@ class LogPump:
         lag_from: dict[float, int] = {}
         touched: set[str] = set()
         polled = 0
-        for source in self._sources.values():
+        for source in self._distinct_sources():
             for task_id, raws in source.poll(ROUND_LINES):
                 task = self._tasks.get(task_id)
                 if task is None or not task.resolved:

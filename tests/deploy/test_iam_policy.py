@@ -156,6 +156,16 @@ def test_the_policy_allows_every_operation_the_code_calls_and_nothing_else() -> 
     assert actions - needed == set(COMPANIONS), f"beyond what the code needs: {actions - needed}"
 
 
+#: Actions that support no resource-level permission (the Service Authorization Reference lists no
+#: resource type for them), so "Resource": "*" is the only form IAM accepts.
+NO_RESOURCE_LEVEL = frozenset({"ecs:DescribeTaskDefinition"})
+
+
+def actions_of(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
+
+
 def test_the_policy_is_scoped_to_the_example_configs_cluster_and_task_definitions() -> None:
     policy = read_json(IAM_POLICY)
     config = example_config()
@@ -173,7 +183,7 @@ def test_the_policy_is_scoped_to_the_example_configs_cluster_and_task_definition
     (tag,) = statements_allowing(policy, "ecs:TagResource")
     assert tag["Condition"] == {"StringEquals": {"ecs:CreateAction": "RunTask"}}
     for statement in policy["Statement"]:
-        if "*" in resources(statement):
+        if "*" in resources(statement) and not set(actions_of(statement)) <= NO_RESOURCE_LEVEL:
             assert statement.get("Condition"), f"{statement['Sid']}: every resource, unconditionally"
 
 
@@ -193,3 +203,17 @@ def test_iam_accepts_the_policy_document(aws_credentials: None) -> None:
         assert created["Policy"]["PolicyName"] == "blacktree-orchestrator"
         with pytest.raises(iam.exceptions.MalformedPolicyDocumentException):
             iam.create_policy(PolicyName="broken", PolicyDocument=document.replace('"Allow"', '"Alow"', 1))
+
+
+def test_the_build_log_reads_are_allowed_on_the_worker_task_definitions_log_group_only() -> None:
+    policy = read_json(IAM_POLICY)
+    (container,) = read_json(TASK_DEFINITION)["containerDefinitions"]
+    group = container["logConfiguration"]["options"]["awslogs-group"]
+    for action in ("logs:FilterLogEvents", "logs:GetLogEvents", "logs:DescribeLogStreams"):
+        (statement,) = statements_allowing(policy, action)
+        assert sorted(resources(statement)) == sorted(
+            [
+                f"arn:aws:logs:REGION:ACCOUNT_ID:log-group:{group}",
+                f"arn:aws:logs:REGION:ACCOUNT_ID:log-group:{group}:log-stream:*",
+            ]
+        ), action

@@ -50,6 +50,10 @@ REQUIRED = {
     "orchestrator_launch_duration_seconds": "histogram",
     "orchestrator_ecs_api_calls": "counter",
     "orchestrator_cloudwatch_api_calls": "counter",
+    "orchestrator_log_lines_published": "counter",
+    "orchestrator_log_bytes_published": "counter",
+    "orchestrator_log_lines_dropped": "counter",
+    "orchestrator_log_lag_seconds": "histogram",
     "orchestrator_slots_released_by_audit": "counter",
 }
 
