@@ -13,7 +13,16 @@ from collections.abc import Iterator
 import pika
 import pytest
 import redis
-from support import AMQP_URL, REDIS_URL, RUN_ID, delete_broker_objects, free_port, isolated_config, unique
+from support import (
+    AMQP_URL,
+    REDIS_URL,
+    RUN_ID,
+    delete_broker_objects,
+    free_port,
+    isolated_config,
+    unique,
+    with_overrides,
+)
 
 from orchestrator.config import Config, RedisConfig
 from orchestrator.coordination import RedisClient, connect_redis
@@ -100,6 +109,18 @@ def service_config(tmp_path: pytest.TempPathFactory) -> Iterator[Config]:
         yield config
     finally:
         delete_broker_objects(config)
+
+
+@pytest.fixture
+def pipeline_config(service_config: Config) -> Config:
+    """``service_config`` with fast polling, a 1 s retry tier and its own Redis key prefix."""
+    return with_overrides(
+        service_config,
+        limits__poll_seconds=0.05,
+        limits__retry_delays=(1,),
+        redis__key_prefix=unique("redis"),
+        shutdown__drain_seconds=5.0,
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
