@@ -376,7 +376,9 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
         key = self._logs_key(handle)
         if key is None or not publish.events:
             return publish
-        events = tuple(msgspec.structs.replace(event, logs=key) for event in publish.events)
+        group, _, stream = self._logs.location(handle).partition("\n") if self._logs else ("", "", "")
+        cloudwatch = {"log_group": group, "log_stream": stream} if group and stream else {}
+        events = tuple(msgspec.structs.replace(event, logs=key, **cloudwatch) for event in publish.events)
         if incomplete:
             last = events[-1]
             room = MAX_REASON_CHARS - len(LOG_INCOMPLETE) - 2

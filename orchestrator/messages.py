@@ -129,6 +129,10 @@ class StatusEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omi
     #: The Redis Stream key of the job's build log (``<prefix>:logs:<deploymentId>``), on the events
     #: of an attempt whose log is published (dispatched, running, and how it ended).
     logs: str | None = None
+    #: For an ECS task whose task definition logs with ``awslogs``: its CloudWatch Logs group and
+    #: stream, once known (looked up in the background; usually by ``running``).
+    log_group: str | None = None
+    log_stream: str | None = None
 
     @property
     def terminal(self) -> bool:

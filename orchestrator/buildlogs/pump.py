@@ -192,6 +192,12 @@ class LogPump:
         """Whether tasks of ``launcher`` have their logs followed."""
         return launcher in self._sources
 
+    def location(self, handle: TaskHandle) -> str:
+        """Where ``handle``'s log is in its source (``"<group>\\n<stream>"`` for CloudWatch), as far
+        as the source knows now; ``""`` when not (yet) known. Never blocks."""
+        source = self._sources.get(handle.launcher)
+        return "" if source is None else source.location_of(handle)
+
     def follow(self, handle: TaskHandle) -> None:
         """Start publishing ``handle``'s log (after what its stream already holds). Never blocks."""
         self._request(_Follow(handle))

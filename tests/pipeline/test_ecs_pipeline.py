@@ -28,6 +28,7 @@ import boto3
 import msgspec
 import pika
 import pytest
+import redis
 from launch import conftest as launch_fixtures
 from launch.conftest import CLUSTER, CONTAINER, REGION, STARTED_BY, EcsWorld
 from moto.core.models import DEFAULT_ACCOUNT_ID
@@ -671,3 +672,71 @@ def test_a_same_attempt_retry_back_after_the_task_ended_is_not_launched_again(fa
         # Then nothing was launched again
         assert (launcher.api_calls["RunTask"], len(moto_tasks())) == (1, 1)
         assert events.statuses("ended-a")[-1] == "succeeded"
+
+
+# --- build logs from CloudWatch -------------------------------------------------------------------
+
+
+def test_an_ecs_task_s_log_lines_reach_the_job_s_stream_and_its_events_name_its_log_stream(
+    pipeline_config: Config, ecs_world: EcsWorld
+) -> None:
+    # Given a worker task definition that logs with awslogs (group, stream prefix)
+    ecs = boto3.client("ecs", region_name=REGION)
+    logs = boto3.client("logs", region_name=REGION)
+    group = unique("/blacktree/worker")
+    definition = ecs.register_task_definition(
+        family=unique("worker-logs"),
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="256",
+        memory="512",
+        containerDefinitions=[
+            {
+                "name": CONTAINER,
+                "image": "blacktree/worker:latest",
+                "memory": 512,
+                "essential": True,
+                "logConfiguration": {
+                    "logDriver": "awslogs",
+                    "options": {
+                        "awslogs-group": group,
+                        "awslogs-region": REGION,
+                        "awslogs-stream-prefix": "build",
+                    },
+                },
+            }
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+    config = ecs_config(pipeline_config, ecs_world, task_definition=definition)
+    launcher = EcsLauncher(config, "FARGATE")
+    with running_pipeline(config, launcher), EventCollector(config) as events:
+        publish(config, build_job("ecs-logs"))
+        wait_for_statuses(events, "ecs-logs", "dispatched", "running")
+        [arn] = moto_tasks()
+        stream = f"build/{CONTAINER}/{arn.rsplit('/', 1)[1]}"
+        # When the worker's output reaches its CloudWatch stream, and the task ends
+        logs.create_log_group(logGroupName=group)
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        now_ms = int(time.time() * 1000)
+        logs.put_log_events(
+            logGroupName=group,
+            logStreamName=stream,
+            logEvents=[{"timestamp": now_ms + i, "message": f"step {i}"} for i in range(3)],
+        )
+        key = f"{config.redis.key_prefix}:logs:ecs-logs"
+        client = redis.Redis.from_url(config.redis.url)
+        try:
+            wait_until(lambda: client.xlen(key) >= 3, timeout=30, what="the lines in the job's stream")
+            end_task(arn, 0, "EssentialContainerExited", "done")
+            final = events.wait_terminal("ecs-logs", timeout=30)
+            lines = [
+                msgspec.json.decode(fields[b"l"])["line"]
+                for _, fields in client.xrange(key)
+                if b"l" in fields
+            ]
+        finally:
+            client.close()
+    # Then the lines are in the job's stream, in order, and the events name where the log is
+    assert lines == ["step 0", "step 1", "step 2"]
+    assert final.status == "succeeded" and final.logs == key
+    assert (final.log_group, final.log_stream) == (group, stream)
