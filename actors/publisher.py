@@ -17,7 +17,7 @@ from orchestrator.commands import Publish
 from orchestrator.config import Config
 from orchestrator.delivery import Settler
 from orchestrator.errors import SinkError
-from orchestrator.logs import FAILURE, LogThrottle, emoji, job_fields, status_mark, suppressed_note
+from orchestrator.logs import FAILURE, LogThrottle, emoji, event_fields, status_mark, suppressed_note
 from orchestrator.messages import StatusEvent, encode
 from orchestrator.runtime.actor import ActorReporter, SupervisedActor
 from orchestrator.runtime.health import HealthBoard
@@ -215,12 +215,5 @@ def _log_event(event: StatusEvent) -> None:
         event.status,
         detail,
         suppressed_note(left_out),
-        extra=job_fields(
-            event.deployment_id,
-            event.attempt,
-            event.task_arn,
-            job_type=event.type,
-            status=event.status,
-            mark=mark,
-        ),
+        extra=event_fields(event, mark),
     )

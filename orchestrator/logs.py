@@ -25,7 +25,7 @@ from typing import Final, Literal, Protocol
 
 import msgspec
 
-from orchestrator.messages import JOB_TYPE_BY_NAME
+from orchestrator.messages import JOB_TYPE_BY_NAME, StatusEvent
 from orchestrator.redaction import redact_text, redact_values
 
 SUCCESS: Final = "✅"
@@ -144,6 +144,18 @@ class TaskLike(Protocol):
 def task_fields(task: TaskLike, mark: str = "") -> dict[str, object]:
     """:func:`job_fields` of a line about one task of a job attempt."""
     return job_fields(task.deployment_id, task.attempt, task.task_id, job_type=task.job_type, mark=mark)
+
+
+def event_fields(event: StatusEvent, mark: str = "") -> dict[str, object]:
+    """:func:`job_fields` of a line about one status event."""
+    return job_fields(
+        event.deployment_id,
+        event.attempt,
+        event.task_arn,
+        job_type=event.type,
+        status=event.status,
+        mark=mark,
+    )
 
 
 _STATUS_MARKS: Final[dict[str, tuple[int, str]]] = {

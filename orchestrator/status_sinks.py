@@ -34,7 +34,7 @@ from orchestrator import metrics
 from orchestrator.broker.connection import Backoff
 from orchestrator.config import RedisConfig, StatusConfig
 from orchestrator.errors import SinkError
-from orchestrator.logs import FAILURE, PROGRESS, SUCCESS, WARNING, emoji, job_fields
+from orchestrator.logs import FAILURE, PROGRESS, SUCCESS, WARNING, emoji, event_fields
 from orchestrator.messages import StatusEvent, encode
 from orchestrator.redaction import redact_text, redact_url
 
@@ -229,14 +229,7 @@ class RedisStatusSink:
             event.status,
             event.seq,
             total,
-            extra=job_fields(
-                event.deployment_id,
-                event.attempt,
-                event.task_arn,
-                job_type=event.type,
-                status=event.status,
-                mark=FAILURE,
-            ),
+            extra=event_fields(event, FAILURE),
         )
         if self._on_drop is not None:
             try:

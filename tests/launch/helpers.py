@@ -66,6 +66,29 @@ def fargate_network(
     return FargateNetwork(subnet, group, task_definition)
 
 
+def register_awslogs_definition(ecs: Any, family: str, container: str, group: str, prefix: str) -> str:
+    """Register, in moto, a Fargate task definition whose ``container`` logs with the ``awslogs``
+    driver to ``group`` under ``prefix``; its ARN."""
+    region = ecs.meta.region_name
+    options = {"awslogs-group": group, "awslogs-region": region, "awslogs-stream-prefix": prefix}
+    return ecs.register_task_definition(  # type: ignore[no-any-return]
+        family=family,
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="256",
+        memory="512",
+        containerDefinitions=[
+            {
+                "name": container,
+                "image": "blacktree/worker:latest",
+                "memory": 512,
+                "essential": True,
+                "logConfiguration": {"logDriver": "awslogs", "options": options},
+            }
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+
+
 def task_record(path: Path) -> dict[str, Any]:
     """The record of a local task file as a dict of its wire names, with the pid line applied."""
     return json.loads(msgspec.json.encode(parse_task_file(path.read_bytes()).record))  # type: ignore[no-any-return]

@@ -26,7 +26,7 @@ from orchestrator.config import Config
 from orchestrator.launch.ecs import EcsLauncher
 
 from .conftest import CONTAINER, REGION, EcsWorld
-from .helpers import config_from
+from .helpers import config_from, register_awslogs_definition
 from .test_ecs import moto_task, request_for
 
 GROUP = "/blacktree/workers"
@@ -56,29 +56,7 @@ def logs(ecs_world: EcsWorld) -> Any:
 def awslogs_definition(ecs_world: EcsWorld) -> str:
     """A Fargate task definition family whose worker container logs with awslogs."""
     ecs = boto3.client("ecs", region_name=REGION)
-    ecs.register_task_definition(
-        family="worker-logged",
-        networkMode="awsvpc",
-        requiresCompatibilities=["FARGATE"],
-        cpu="256",
-        memory="512",
-        containerDefinitions=[
-            {
-                "name": CONTAINER,
-                "image": "blacktree/worker:latest",
-                "memory": 512,
-                "essential": True,
-                "logConfiguration": {
-                    "logDriver": "awslogs",
-                    "options": {
-                        "awslogs-group": GROUP,
-                        "awslogs-region": REGION,
-                        "awslogs-stream-prefix": PREFIX,
-                    },
-                },
-            }
-        ],
-    )
+    register_awslogs_definition(ecs, "worker-logged", CONTAINER, GROUP, PREFIX)
     return "worker-logged"
 
 

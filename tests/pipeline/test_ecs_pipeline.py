@@ -31,6 +31,7 @@ import pytest
 import redis
 from launch import conftest as launch_fixtures
 from launch.conftest import CLUSTER, CONTAINER, REGION, STARTED_BY, EcsWorld
+from launch.helpers import register_awslogs_definition
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ecs.models import ecs_backends
 from support import unique, wait_until, with_overrides
@@ -684,29 +685,7 @@ def test_an_ecs_task_s_log_lines_reach_the_job_s_stream_and_its_events_name_its_
     ecs = boto3.client("ecs", region_name=REGION)
     logs = boto3.client("logs", region_name=REGION)
     group = unique("/blacktree/worker")
-    definition = ecs.register_task_definition(
-        family=unique("worker-logs"),
-        networkMode="awsvpc",
-        requiresCompatibilities=["FARGATE"],
-        cpu="256",
-        memory="512",
-        containerDefinitions=[
-            {
-                "name": CONTAINER,
-                "image": "blacktree/worker:latest",
-                "memory": 512,
-                "essential": True,
-                "logConfiguration": {
-                    "logDriver": "awslogs",
-                    "options": {
-                        "awslogs-group": group,
-                        "awslogs-region": REGION,
-                        "awslogs-stream-prefix": "build",
-                    },
-                },
-            }
-        ],
-    )["taskDefinition"]["taskDefinitionArn"]
+    definition = register_awslogs_definition(ecs, unique("worker-logs"), CONTAINER, group, "build")
     config = ecs_config(pipeline_config, ecs_world, task_definition=definition)
     launcher = EcsLauncher(config, "FARGATE")
     with running_pipeline(config, launcher), EventCollector(config) as events:
