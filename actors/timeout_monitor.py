@@ -74,17 +74,14 @@ class Adopted(msgspec.Struct, frozen=True):
 
 
 class OutcomeDurable(msgspec.Struct, frozen=True):
-    """From the Publisher: the outcome of ``task_id`` (the job attempt ``attempt_key``) is confirmed;
-    no adopter, and no late duplicate of the attempt, must handle it again."""
+    """From the Publisher: the outcome of ``handle``'s task (its job attempt) is confirmed; no adopter,
+    and no late duplicate of the attempt, must handle it again. Its launcher forgets the task (deletes
+    its local files) only now: until then, the task's record is what lets a process that takes over
+    find it and publish the outcome."""
 
-    task_id: str
-    attempt_key: str
-    deployment_id: str = ""
+    handle: TaskHandle
     #: The attempt's last status event (encoded): what a late duplicate of the job is answered with.
     outcome: bytes = b""
-    #: The task, whose launcher forgets it (deletes its local files) only now: until the outcome is
-    #: confirmed, the task's record is what lets a process that takes over find it and publish it.
-    handle: TaskHandle | None = None
 
 
 #: What the TimeoutMonitor is told.
@@ -197,15 +194,14 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
                         self._table.forget(change.tracked.handle.task_id)  # followed elsewhere now
                     self._handed_over(change.tracked.handle)
                 metrics.JOBS_RUNNING.set(len(self._table))
-            case OutcomeDurable(task_id, attempt_key, deployment_id, outcome, handle):
+            case OutcomeDurable(handle, outcome):
                 self._background(
                     self._shared.done_markers.mark_all,
-                    (task_id, attempt_key),
+                    (handle.task_id, attempt_done_key(handle.deployment_id, handle.attempt)),
                     DONE_MARKER_SECONDS,
-                    (deployment_id, outcome) if outcome else None,
+                    (handle.deployment_id, outcome) if outcome else None,
                 )
-                if handle is not None:
-                    self._forget_task(handle)
+                self._forget_task(handle)
             case _:
                 assert_never(message)
 
@@ -376,7 +372,8 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
         key = self._logs_key(handle)
         if key is None or not publish.events:
             return publish
-        group, _, stream = self._logs.location(handle).partition("\n") if self._logs else ("", "", "")
+        assert self._logs is not None  # (a key means the log is published)
+        group, _, stream = self._logs.location(handle).partition("\n")
         cloudwatch = {"log_group": group, "log_stream": stream} if group and stream else {}
         events = tuple(msgspec.structs.replace(event, logs=key, **cloudwatch) for event in publish.events)
         if incomplete:
@@ -410,11 +407,7 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
         def send(complete: bool) -> None:
             final = self._with_logs(publish, handle, incomplete=not complete)
             durable = OutcomeDurable(
-                task_id=handle.task_id,
-                attempt_key=attempt_done_key(handle.deployment_id, handle.attempt),
-                deployment_id=handle.deployment_id,
-                outcome=msgspec.json.encode(final.events[-1]) if final.events else b"",
-                handle=handle,
+                handle=handle, outcome=msgspec.json.encode(final.events[-1]) if final.events else b""
             )
             self._publisher.tell(msgspec.structs.replace(final, after=functools.partial(tell_self, durable)))
 

@@ -13,6 +13,7 @@ Splitting at a character boundary leaves every piece valid UTF-8; an escape is n
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final
 
 from orchestrator.redaction import redact_text
@@ -39,6 +40,17 @@ def escape_controls(text: str) -> str:
     if _NEEDS_ESCAPE.search(text) is None:
         return text
     return text.translate(_ESCAPES)
+
+
+def quote_lines(lines: Iterable[str], max_line_chars: int | None = None) -> list[str]:
+    """How a failed task's reason quotes its log's last lines: the non-blank ``lines``, stripped,
+    every character that is not printable (controls, invisible ones, tab too) escaped as ``\\xNN``
+    (a reason is one line of text), each cut to ``max_line_chars``. The caller redacts the reason."""
+    return [_printable(line.strip())[:max_line_chars] for line in lines if line.strip()]
+
+
+def _printable(line: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
 
 
 def shape_line(raw: bytes, max_line_bytes: int) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from orchestrator.buildlogs.awslogs import AwslogsLocator, LogLocation
 from orchestrator.buildlogs.cloudwatch_client import LAST_LINES, last_lines, make_logs_client
+from orchestrator.buildlogs.shaping import quote_lines
 from orchestrator.config import Config
 from orchestrator.launch.base import TaskState
 from orchestrator.redaction import redact_text
@@ -93,7 +94,7 @@ class FailureNotes:
                 note = ""
             else:
                 lines = last_lines(self._logs(), location.group, location.stream, LAST_LINES)
-                shown = [_printable(line.strip())[:MAX_LINE_CHARS] for line in lines if line.strip()]
+                shown = quote_lines(lines, MAX_LINE_CHARS)
                 note = f"log {location.group} {location.stream}"
                 if shown:
                     note += "; last lines: " + " | ".join(shown)
@@ -110,8 +111,3 @@ class FailureNotes:
         if self._logs_client is None:
             self._logs_client = make_logs_client(self.config.ecs)
         return self._logs_client
-
-
-def _printable(line: str) -> str:
-    """``line`` with control characters (and the other invisible ones) escaped as ``\\xNN``."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)

@@ -35,6 +35,8 @@ from typing import Final
 
 import msgspec
 
+from orchestrator.buildlogs.shaping import quote_lines
+
 __all__ = [
     "LOGS_DIR",
     "LOG_SUFFIX",
@@ -207,12 +209,7 @@ def failure_note(log_path: Path) -> str:
     lines = data.decode("utf-8", "replace").splitlines()
     if size > TAIL_BYTES and lines:
         lines[0] = "…" + lines[0]  # (cut at the start)
-    tail = [_printable(line.strip()) for line in lines if line.strip()][-TAIL_LINES:]
+    tail = quote_lines(lines)[-TAIL_LINES:]
     if not tail:
         return f"log {log_path}"
     return f"log {log_path}; last lines: " + " | ".join(tail)
-
-
-def _printable(line: str) -> str:
-    """``line`` with control characters (and the other invisible ones) escaped as ``\\xNN``."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
