@@ -43,6 +43,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 
 import pika  # noqa: E402
+from bench_pipeline import percentile  # noqa: E402
 from hostile import Hostile, corpus, publish_hostile  # noqa: E402
 from pipeline.processes import OrchestratorProcess  # noqa: E402
 from support import delete_broker_objects, isolated_config, with_overrides  # noqa: E402
@@ -88,11 +89,6 @@ def broker_pids() -> list[int]:
         except OSError:
             continue
     return pids
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class HealthProbe:

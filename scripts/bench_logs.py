@@ -52,6 +52,7 @@ from typing import Final, NamedTuple  # noqa: E402
 
 import msgspec  # noqa: E402
 import redis  # noqa: E402
+from bench_pipeline import percentile  # noqa: E402
 
 from orchestrator.buildlogs.local_source import LocalLogSource  # noqa: E402
 from orchestrator.buildlogs.model import LogLine  # noqa: E402
@@ -167,13 +168,6 @@ def all_ended(client: redis.Redis, keys: list[str]) -> bool:  # type: ignore[typ
     return all(last and b"e" in last[0][1] for last in pipe.execute())
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def measure_end_to_end(
     client: redis.Redis,  # type: ignore[type-arg]
     prefix: str,
@@ -276,8 +270,8 @@ def measure_end_to_end(
         offered=0.0 if flat_out_lines else workers * rate,
         lines=published,
         rate=published / max(all_published - started, 1e-9),
-        lag_p50_ms=percentile(lags, 0.50) * 1000,
-        lag_p99_ms=percentile(lags, 0.99) * 1000,
+        lag_p50_ms=percentile(lags, 0.50) * 1000 if lags else float("nan"),
+        lag_p99_ms=percentile(lags, 0.99) * 1000 if lags else float("nan"),
         lag_max_ms=max(lags, default=float("nan")) * 1000,
         cpu_ms_per_10k=cpu * 1000 * per_10k,
         redis_cpu_ms_per_10k=(redis_after - redis_before) * 1000 * per_10k,
