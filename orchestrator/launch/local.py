@@ -43,66 +43,29 @@ from orchestrator.launch.base import (
     job_digest,
 )
 from orchestrator.launch.local_env import (
-    BASE_ENV_NAMES,
-    ENV_NAME,
     check_pass_env,
     worker_process_environment,
 )
 from orchestrator.launch.local_files import (
-    _STOP_DECODER,
-    LOG_SUFFIX,
-    LOGS_DIR,
-    RECORD_SUFFIX,
-    SAFE_FILE_ID,
-    STOP_SUFFIX,
     StopRecord,
     TaskFile,
     TaskRecord,
-    _write_atomically,
-    append_line,
     exit_line,
     failure_note,
     file_id_of,
-    parse_task_file,
     pid_line,
-    record_bytes,
 )
 from orchestrator.launch.local_process import (
-    ENDED_PROC_STATES,
-    STAT_START_TIME_INDEX,
     _start_time_of_child,
-    process_start_time,
 )
-from orchestrator.launch.local_task import (
-    EXIT_SUFFIX,
-    SIGNAL_EXIT_BASE,
-    TASKS_DIR,
-    WRAPPER_NAME,
-    WRAPPER_SCRIPT,
-)
+from orchestrator.launch.local_store import TaskStore, alive, handle_of
+from orchestrator.launch.local_task import SIGNAL_EXIT_BASE, WRAPPER_NAME, WRAPPER_SCRIPT
 from orchestrator.launch.local_watch import ExitWatcher
-from orchestrator.logs import PROGRESS, SUCCESS, WARNING, emoji, task_fields
+from orchestrator.logs import PROGRESS, SUCCESS, WARNING, task_fields
 from orchestrator.messages import JOB_DECODER, SourceJob
 from orchestrator.redaction import redact_text
 
-__all__ = [
-    "BASE_ENV_NAMES",
-    "ENDED_PROC_STATES",
-    "ENV_NAME",
-    "LOGS_DIR",
-    "LOG_SUFFIX",
-    "RECORD_SUFFIX",
-    "SAFE_FILE_ID",
-    "STAT_START_TIME_INDEX",
-    "STOP_SUFFIX",
-    "LocalLauncher",
-    "StopRecord",
-    "TaskRecord",
-    "check_pass_env",
-    "file_id_of",
-    "process_start_time",
-    "worker_process_environment",
-]
+__all__ = ["DEFAULT_SHELL", "LocalLauncher"]
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +97,9 @@ class LocalLauncher:
             raise ConfigError(problems)
         self.pass_env = config.local.pass_env
         self.state_dir = Path(config.local.state_dir).absolute()
-        self.tasks_dir = self.state_dir / TASKS_DIR
-        self.logs_dir = self.state_dir / LOGS_DIR
-        try:
-            self.tasks_dir.mkdir(parents=True, exist_ok=True)
-            self.logs_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(
-                [f"local.state_dir: cannot create {self.state_dir} ({e.strerror or e})"]
-            ) from None
+        self.store = TaskStore(self.state_dir)
+        self.tasks_dir = self.store.tasks_dir
+        self.logs_dir = self.store.logs_dir
         self.grace_seconds = config.local.stop_grace_seconds
         self.shell = shell
         self._lock = threading.Lock()
@@ -152,71 +109,9 @@ class LocalLauncher:
         self._on_ends: Callable[[list[TaskState]], None] | None = None
         self._watcher: ExitWatcher | None = None
 
-    # --- paths and records ----------------------------------------------------------------------
-
-    def _path(self, file_id: str, suffix: str) -> Path:
-        return self.tasks_dir / f"{file_id}{suffix}"
-
     def log_path(self, handle: TaskHandle) -> Path:
         """Where the task's output goes."""
-        return self.logs_dir / f"{file_id_of(handle.deployment_id, handle.attempt)}{LOG_SUFFIX}"
-
-    def _read_task(self, file_id: str) -> TaskFile | None:
-        try:
-            return parse_task_file(self._path(file_id, RECORD_SUFFIX).read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, msgspec.DecodeError) as e:
-            log.warning("unreadable local task record %s: %s", file_id, e, extra=emoji(WARNING))
-            return None
-
-    def _read_record(self, file_id: str) -> TaskRecord | None:
-        task = self._read_task(file_id)
-        return None if task is None else task.record
-
-    def _read_exit(self, file_id: str) -> int | None:
-        """The exit status in the task file, or in the ``.exit`` file of an older version's wrapper."""
-        task = self._read_task(file_id)
-        if task is not None and task.exit_code is not None:
-            return task.exit_code
-        return self._read_legacy_exit(file_id)
-
-    def _read_legacy_exit(self, file_id: str) -> int | None:
-        """The ``.exit`` file an older version's wrapper wrote."""
-        try:
-            return int(self._path(file_id, EXIT_SUFFIX).read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def _read_stop(self, file_id: str) -> StopRecord | None:
-        try:
-            return _STOP_DECODER.decode(self._path(file_id, STOP_SUFFIX).read_bytes())
-        except (OSError, msgspec.DecodeError):
-            return None
-
-    @staticmethod
-    def _alive(record: TaskRecord) -> bool:
-        """Whether the task's process runs: its pid lives *and* started when recorded. A record without
-        a start time (it could not be read) can only say whether the pid lives."""
-        if record.pid is None:
-            return False
-        start_time = process_start_time(record.pid)
-        return start_time is not None and (record.start_time is None or start_time == record.start_time)
-
-    @staticmethod
-    def _handle_of(record: TaskRecord) -> TaskHandle:
-        return TaskHandle(
-            launcher="local",
-            task_id=record.task_id,
-            deployment_id=record.deployment_id,
-            attempt=record.attempt,
-            job_type=record.job_type,
-            instance_id=record.instance_id,
-            launched_at=record.launched_at,
-            start_deadline=record.start_deadline,
-            deadline=record.deadline,
-            digest=record.digest,
-        )
+        return self.store.log_path_of(handle)
 
     def _reap(self) -> None:
         """Reap the wrappers that ended (the exit watcher, when on, reaps them as they end)."""
@@ -269,9 +164,9 @@ class LocalLauncher:
             on_ends = self._on_ends
         states = []
         for file_id in file_ids:
-            task = self._read_task(file_id)  # read once: the process is gone, nothing more will come
+            task = self.store.read(file_id)  # read once: the process is gone, nothing more will come
             if task is not None:
-                states.append(self._judge(self._handle_of(task.record), file_id, task))
+                states.append(self._judge(handle_of(task.record), file_id, task))
         if states and on_ends is not None:
             on_ends(states)
 
@@ -301,21 +196,9 @@ class LocalLauncher:
             job=msgspec.Raw(msgspec.json.encode(job)),
             digest=job_digest(job),
         )
-        record_path = self._path(file_id, RECORD_SUFFIX)
         # Written before the process exists, so a crash right after the start still leaves a trace.
-        if not _write_atomically(record_path, record_bytes(record), exclusive=True):
-            existing = self._read_record(file_id)
-            if existing is None:
-                raise PermanentLaunchError(f"local task record {record_path} exists but cannot be read")
-            handle = self._handle_of(existing)
-            if not handle.runs(job):
-                raise JobConflictError(conflict_reason(job, handle.job_type))
-            log.info(
-                "%s is already launched; not starting it twice",
-                existing.task_id,
-                extra=task_fields(existing, WARNING),
-            )
-            return handle
+        if not self.store.create(record):
+            return self._already_launched(file_id, job)
         env = worker_process_environment(job, request.attempt, self.pass_env)
         argv = [
             self.shell,
@@ -323,14 +206,13 @@ class LocalLauncher:
             WRAPPER_SCRIPT,
             WRAPPER_NAME,
             str(self.state_dir),
-            f"{TASKS_DIR}/{file_id}{RECORD_SUFFIX}",
-            *self.argv,
+            self.store.relative_path(file_id),
         ]
-        log_path = self.logs_dir / f"{file_id}{LOG_SUFFIX}"
+        log_path = self.store.log_path(file_id)
         try:
-            child = self._spawn(argv, env, log_path)
+            child = self._spawn([*argv, *self.argv], env, log_path)
         except OSError as e:
-            record_path.unlink(missing_ok=True)
+            self.store.remove(file_id)
             text = f"cannot start local task {record.task_id}: {e.strerror or e}"
             if e.errno in (errno.EAGAIN, errno.ENOMEM):
                 raise CapacityError(text) from None
@@ -346,7 +228,7 @@ class LocalLauncher:
         # Not synced to disk: it only adds the pid, and after a crash of the host (the one thing
         # fsync guards against) the process is gone with or without it: the synced record above
         # already says "launched, never recorded an exit status", which is judged the same way.
-        append_line(record_path, pid_line(pid, started.start_time))
+        self.store.append(file_id, pid_line(pid, started.start_time))
         log.info(
             "launched %s attempt %d locally: pid %d, log %s",
             job.deployment_id,
@@ -355,7 +237,24 @@ class LocalLauncher:
             log_path,
             extra=task_fields(started, SUCCESS),
         )
-        return self._handle_of(started)
+        return handle_of(started)
+
+    def _already_launched(self, file_id: str, job: SourceJob) -> TaskHandle:
+        """The handle of the task already launched under ``file_id``, if it is ``job``'s."""
+        existing = self.store.record(file_id)
+        if existing is None:
+            raise PermanentLaunchError(
+                f"local task record {self.store.path(file_id)} exists but cannot be read"
+            )
+        handle = handle_of(existing)
+        if not handle.runs(job):
+            raise JobConflictError(conflict_reason(job, handle.job_type))
+        log.info(
+            "%s is already launched; not starting it twice",
+            existing.task_id,
+            extra=task_fields(existing, WARNING),
+        )
+        return handle
 
     def _spawn(self, argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
         """Start the wrapper in a new session: stdin from /dev/null, stdout and stderr to the log.
@@ -376,8 +275,8 @@ class LocalLauncher:
 
     def find(self, deployment_id: str, attempt: int) -> TaskHandle | None:
         """The task launched for (``deployment_id``, ``attempt``) whose record is still on disk."""
-        record = self._read_record(file_id_of(deployment_id, attempt))
-        return None if record is None else self._handle_of(record)
+        record = self.store.record(file_id_of(deployment_id, attempt))
+        return None if record is None else handle_of(record)
 
     def describe(self, handles: Sequence[TaskHandle]) -> list[TaskState]:
         """``running`` while the process (same pid and start time) lives; ``stopped`` with the exit
@@ -388,21 +287,21 @@ class LocalLauncher:
 
     def _state_of(self, handle: TaskHandle) -> TaskState:
         file_id = file_id_of(handle.deployment_id, handle.attempt)
-        task = self._read_task(file_id)
+        task = self.store.read(file_id)
         if task is None:
             return TaskState(handle=handle, phase="missing", reason="no local record of the task")
         # Liveness first: the wrapper records the exit status before it ends, so a dead task has it
         # by now if it ever will (read again: it may have been added since the read above).
-        if self._alive(task.record):
+        if alive(task.record):
             self._watch(task.record)
             return TaskState(handle=handle, phase="running")
-        return self._judge(handle, file_id, self._read_task(file_id) or task)
+        return self._judge(handle, file_id, self.store.read(file_id) or task)
 
     def _judge(self, handle: TaskHandle, file_id: str, task: TaskFile) -> TaskState:
         """The state of a task whose process is gone, from its task file as last read."""
         record = task.record
-        exit_code = task.exit_code if task.exit_code is not None else self._read_legacy_exit(file_id)
-        stop = self._read_stop(file_id)
+        exit_code = self.store.exit_code(file_id, task)
+        stop = self.store.stop_record(file_id)
         stop_reason = None if stop is None else redact_text(f"stopped: {stop.reason}")
         if exit_code is not None:
             if exit_code != 0 and stop_reason is None:
@@ -431,16 +330,14 @@ class LocalLauncher:
         Returns at once (the SIGKILL is a timer). ``reason`` is recorded and reported by :meth:`describe`.
         """
         file_id = file_id_of(handle.deployment_id, handle.attempt)
-        record = self._read_record(file_id)
+        record = self.store.record(file_id)
         if record is None:
             log.warning("stop: no local task %s", handle.task_id, extra=task_fields(handle, WARNING))
             return
-        if self._read_exit(file_id) is not None:
+        if self.store.exit_code(file_id) is not None:
             return  # it ended on its own: the stop did not cause that
-        _write_atomically(
-            self._path(file_id, STOP_SUFFIX), msgspec.json.encode(StopRecord(reason=reason, at=time.time()))
-        )
-        if not self._alive(record) or record.pid is None:
+        self.store.write_stop(file_id, StopRecord(reason=reason, at=time.time()))
+        if not alive(record) or record.pid is None:
             return
         self._signal_group(record, signal.SIGTERM)
         timer = threading.Timer(self.grace_seconds, self._kill_if_alive, args=(record,))
@@ -456,7 +353,7 @@ class LocalLauncher:
         )
 
     def _signal_group(self, record: TaskRecord, signum: signal.Signals) -> None:
-        if record.pid is None or not self._alive(record):
+        if record.pid is None or not alive(record):
             return
         # The wrapper is its session's and process group's leader: its pid is the group id.
         with contextlib.suppress(ProcessLookupError):
@@ -465,7 +362,7 @@ class LocalLauncher:
     def _kill_if_alive(self, record: TaskRecord) -> None:
         with self._lock:
             self._timers.pop(record.file_id, None)
-        if not self._alive(record):
+        if not alive(record):
             return
         log.warning(
             "local task %s ignored SIGTERM for %.0f s; sending SIGKILL",
@@ -477,22 +374,17 @@ class LocalLauncher:
         # that nobody who sees the group gone finds no status (a wrapper that outlives the signal
         # appends its own after it, and the last line counts; one that already recorded keeps its own).
         code = SIGNAL_EXIT_BASE + int(signal.SIGKILL)
-        if self._read_exit(record.file_id) is None:
-            append_line(self._path(record.file_id, RECORD_SUFFIX), exit_line(code))
+        if self.store.exit_code(record.file_id) is None:
+            self.store.append(record.file_id, exit_line(code))
         self._signal_group(record, signal.SIGKILL)
 
     def list_owned(self) -> list[TaskHandle]:
         """Every task whose record is in the state directory (of any orchestrator process on this host)."""
-        handles = []
-        for path in sorted(self.tasks_dir.glob(f"*{RECORD_SUFFIX}")):
-            record = self._read_record(path.name[: -len(RECORD_SUFFIX)])
-            if record is not None:
-                handles.append(self._handle_of(record))
-        return handles
+        return [handle_of(record) for record in self.store.records()]
 
     def job_of(self, handle: TaskHandle) -> SourceJob | None:
         """The job saved in the task's record."""
-        record = self._read_record(file_id_of(handle.deployment_id, handle.attempt))
+        record = self.store.record(file_id_of(handle.deployment_id, handle.attempt))
         if record is None:
             return None
         try:
@@ -502,10 +394,10 @@ class LocalLauncher:
         return job if isinstance(job, SourceJob) else None
 
     def forget(self, handle: TaskHandle) -> None:
-        """Delete an ended task's record files (its log stays). A live task is not forgotten."""
+        """Remove an ended task's files (its log stays). A live task is not forgotten."""
         file_id = file_id_of(handle.deployment_id, handle.attempt)
-        record = self._read_record(file_id)
-        if record is not None and self._alive(record):
+        record = self.store.record(file_id)
+        if record is not None and alive(record):
             log.warning(
                 "not forgetting %s: it is still running", handle.task_id, extra=task_fields(handle, WARNING)
             )
@@ -515,5 +407,4 @@ class LocalLauncher:
             self._children.pop(file_id, None)
         if timer is not None:
             timer.cancel()
-        for suffix in (EXIT_SUFFIX, STOP_SUFFIX, RECORD_SUFFIX):
-            self._path(file_id, suffix).unlink(missing_ok=True)
+        self.store.remove(file_id)

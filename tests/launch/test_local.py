@@ -17,7 +17,9 @@ from support import wait_until
 
 from orchestrator.config import Config
 from orchestrator.launch.base import LaunchRequest, TaskHandle, TaskState, make_launcher
-from orchestrator.launch.local import LocalLauncher, file_id_of, process_start_time
+from orchestrator.launch.local import LocalLauncher
+from orchestrator.launch.local_files import file_id_of
+from orchestrator.launch.local_process import process_start_time
 from orchestrator.messages import BuildJob, SourceJob
 
 from .helpers import config_from, make_repo, task_record
@@ -207,7 +209,9 @@ def test_the_quoted_lines_are_redacted_and_show_control_characters_escaped(state
 
     assert state.reason is not None
     assert "hunter2" not in state.reason
-    assert state.reason.endswith("last lines: step 1 | \\x1b[31mcloning https://***@git.example.com/a/b.git\\x07")
+    assert state.reason.endswith(
+        "last lines: step 1 | \\x1b[31mcloning https://***@git.example.com/a/b.git\\x07"
+    )
 
 
 def test_job_fields_reach_the_worker_as_literal_environment_variables(
@@ -325,6 +329,28 @@ def test_forget_removes_the_records_but_keeps_the_log(state_dir: Path) -> None:
     assert launcher.list_owned() == []
     [state] = launcher.describe([handle])
     assert state.phase == "missing"
+
+
+def test_a_forgotten_task_s_file_is_reused_by_the_next_task_with_only_its_record(state_dir: Path) -> None:
+    launcher = LocalLauncher(local_config(state_dir, command="true"))
+    first = launcher.launch(
+        request_for(BuildJob(deployment_id="dep-first-with-a-long-id", repository="file:///a"))
+    )
+    wait_until(lambda: ended(launcher, first), WAIT, "the first worker to end")
+    inode = (state_dir / "tasks" / f"{file_id_of('dep-first-with-a-long-id', 1)}.json").stat().st_ino
+    launcher.forget(first)
+
+    second = launcher.launch(request_for(BuildJob(deployment_id="dep-2", repository="file:///b")))
+
+    path = state_dir / "tasks" / f"{file_id_of('dep-2', 1)}.json"
+    assert path.stat().st_ino == inode, "the ended task's inode was not reused"
+    assert launcher.list_owned() == [launcher.find("dep-2", 1)]
+    state = wait_until(lambda: ended(launcher, second), WAIT, "the second worker to end")
+    assert (state.phase, state.exit_code) == ("stopped", 0)
+    lines = path.read_bytes().splitlines()
+    assert [line.split()[0] for line in lines[1:]] == [b"pid", b"exit"], "the first task's lines remained"
+    job = launcher.job_of(second)
+    assert job is not None and job.deployment_id == "dep-2"
 
 
 def test_forget_leaves_a_running_task_alone(

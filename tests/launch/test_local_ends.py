@@ -16,7 +16,8 @@ from support import wait_until
 
 from orchestrator.launch import local_process
 from orchestrator.launch.base import NotifiesEnds, TaskState
-from orchestrator.launch.local import LocalLauncher, file_id_of
+from orchestrator.launch.local import LocalLauncher
+from orchestrator.launch.local_files import file_id_of
 from orchestrator.launch.local_process import process_start_time
 from orchestrator.launch.local_watch import ExitWatcher, pidfd_supported
 from orchestrator.messages import BuildJob
@@ -148,7 +149,7 @@ def test_the_launcher_reaps_its_tasks_when_nobody_watches(tmp_path: Path) -> Non
     launcher = LocalLauncher(local_config(tmp_path / "state", command="true"))
     handle = launcher.launch(request_for(_job("unwatched-1")))
     wait_until(lambda: launcher.describe([handle])[0].phase == "stopped", WAIT, "the task to end")
-    record = launcher._read_record(file_id_of(handle.deployment_id, handle.attempt))
+    record = launcher.store.record(file_id_of(handle.deployment_id, handle.attempt))
     assert record is not None and record.pid is not None
     assert not _zombie(record.pid)
     with pytest.raises(ChildProcessError):
@@ -179,7 +180,7 @@ def test_a_poll_reaping_during_a_launch_cannot_take_the_tasks_identity(
         ended = reported.get(timeout=WAIT)
         assert ended.handle.task_id == handle.task_id
         assert (ended.phase, ended.exit_code) == ("stopped", 0)
-        record = launcher._read_record(file_id_of(handle.deployment_id, handle.attempt))
+        record = launcher.store.record(file_id_of(handle.deployment_id, handle.attempt))
         assert record is not None and record.start_time is not None
     finally:
         launcher.close()

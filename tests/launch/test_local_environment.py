@@ -12,7 +12,8 @@ from support import wait_until
 from orchestrator.config import DEFAULT_LOCAL_PASS_ENV
 from orchestrator.errors import ConfigError
 from orchestrator.launch.base import LaunchRequest, worker_environment
-from orchestrator.launch.local import BASE_ENV_NAMES, LocalLauncher, worker_process_environment
+from orchestrator.launch.local import LocalLauncher
+from orchestrator.launch.local_env import BASE_ENV_NAMES, worker_process_environment
 from orchestrator.messages import BuildJob
 
 from .helpers import config_from, make_repo

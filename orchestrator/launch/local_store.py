@@ -1,0 +1,162 @@
+"""The task files of one ``local.state_dir``: where they are, reading them, creating and removing them.
+
+The layout and the line format are :mod:`~orchestrator.launch.local_files`'; this is the one object the
+local launcher reads and writes them through (ended task files are kept as spares for later tasks:
+:mod:`~orchestrator.launch.local_spares`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+from orchestrator.errors import ConfigError
+from orchestrator.launch.base import TaskHandle
+from orchestrator.launch.local_files import (
+    _STOP_DECODER,
+    LOG_SUFFIX,
+    LOGS_DIR,
+    RECORD_SUFFIX,
+    STOP_SUFFIX,
+    StopRecord,
+    TaskFile,
+    TaskRecord,
+    _write_atomically,
+    append_line,
+    file_id_of,
+    parse_task_file,
+    record_bytes,
+)
+from orchestrator.launch.local_process import process_start_time
+from orchestrator.launch.local_spares import SPARE_DIR, SpareFiles
+from orchestrator.launch.local_task import EXIT_SUFFIX, TASKS_DIR
+from orchestrator.logs import WARNING, emoji
+
+__all__ = ["TaskStore", "alive", "handle_of"]
+
+log = logging.getLogger(__name__)
+
+
+def alive(record: TaskRecord) -> bool:
+    """Whether the task's process runs: its pid lives *and* started when recorded. A record without a
+    start time (it could not be read) can only say whether the pid lives."""
+    if record.pid is None:
+        return False
+    start_time = process_start_time(record.pid)
+    return start_time is not None and (record.start_time is None or start_time == record.start_time)
+
+
+def handle_of(record: TaskRecord) -> TaskHandle:
+    """The handle of the task a record describes."""
+    return TaskHandle(
+        launcher="local",
+        task_id=record.task_id,
+        deployment_id=record.deployment_id,
+        attempt=record.attempt,
+        job_type=record.job_type,
+        instance_id=record.instance_id,
+        launched_at=record.launched_at,
+        start_deadline=record.start_deadline,
+        deadline=record.deadline,
+        digest=record.digest,
+    )
+
+
+class TaskStore:
+    """The ``tasks/``, ``logs/`` and ``spare/`` directories under ``state_dir``.
+
+    Raises:
+        ConfigError: the directories cannot be created.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.tasks_dir = state_dir / TASKS_DIR
+        self.logs_dir = state_dir / LOGS_DIR
+        try:
+            self.tasks_dir.mkdir(parents=True, exist_ok=True)
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError([f"local.state_dir: cannot create {state_dir} ({e.strerror or e})"]) from None
+        self.spares = SpareFiles(state_dir / SPARE_DIR)
+
+    def path(self, file_id: str, suffix: str = RECORD_SUFFIX) -> Path:
+        """``tasks/<file_id><suffix>``."""
+        return self.tasks_dir / f"{file_id}{suffix}"
+
+    def relative_path(self, file_id: str) -> str:
+        """The task file's path relative to the state directory (what the wrapper appends to)."""
+        return f"{TASKS_DIR}/{file_id}{RECORD_SUFFIX}"
+
+    def log_path(self, file_id: str) -> Path:
+        """``logs/<file_id>.log``: the task's output."""
+        return self.logs_dir / f"{file_id}{LOG_SUFFIX}"
+
+    def log_path_of(self, handle: TaskHandle) -> Path:
+        """Where the output of ``handle``'s task goes."""
+        return self.log_path(file_id_of(handle.deployment_id, handle.attempt))
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def read(self, file_id: str) -> TaskFile | None:
+        """The task file, or None when there is none (or it cannot be read: logged)."""
+        try:
+            return parse_task_file(self.path(file_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, msgspec.DecodeError) as e:
+            log.warning("unreadable local task record %s: %s", file_id, e, extra=emoji(WARNING))
+            return None
+
+    def record(self, file_id: str) -> TaskRecord | None:
+        """The task's record (with its pid once known)."""
+        task = self.read(file_id)
+        return None if task is None else task.record
+
+    def exit_code(self, file_id: str, task: TaskFile | None = None) -> int | None:
+        """The recorded exit status (from ``task`` as read, if given), or an older version's ``.exit``."""
+        if task is None:
+            task = self.read(file_id)
+        if task is not None and task.exit_code is not None:
+            return task.exit_code
+        try:
+            return int(self.path(file_id, EXIT_SUFFIX).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop_record(self, file_id: str) -> StopRecord | None:
+        """Why the task was asked to stop, if it was."""
+        try:
+            return _STOP_DECODER.decode(self.path(file_id, STOP_SUFFIX).read_bytes())
+        except (OSError, msgspec.DecodeError):
+            return None
+
+    def records(self) -> Iterator[TaskRecord]:
+        """Every readable task record in ``tasks/`` (of any process on this host), by file name."""
+        for path in sorted(self.tasks_dir.glob(f"*{RECORD_SUFFIX}")):
+            record = self.record(path.name[: -len(RECORD_SUFFIX)])
+            if record is not None:
+                yield record
+
+    # --- writing ----------------------------------------------------------------------------------
+
+    def create(self, record: TaskRecord) -> bool:
+        """Create the task file with ``record``, synced, unless it exists (False then)."""
+        return self.spares.write_new(self.path(record.file_id), record_bytes(record))
+
+    def append(self, file_id: str, line: bytes) -> bool:
+        """Append one line to the task file; False when it is gone."""
+        return append_line(self.path(file_id), line)
+
+    def write_stop(self, file_id: str, stop: StopRecord) -> None:
+        """Record why the task is being stopped."""
+        _write_atomically(self.path(file_id, STOP_SUFFIX), msgspec.json.encode(stop))
+
+    def remove(self, file_id: str) -> None:
+        """Remove the task's files (its log stays); the task file's inode is kept as a spare."""
+        for suffix in (EXIT_SUFFIX, STOP_SUFFIX):
+            self.path(file_id, suffix).unlink(missing_ok=True)
+        self.spares.recycle(self.path(file_id))

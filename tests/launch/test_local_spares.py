@@ -1,0 +1,98 @@
+"""Spare task files: an ended task's inode is reused, never while it is still some task's file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from orchestrator.launch.local_spares import SpareFiles
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_a_recycled_file_is_reused_for_the_next_task_with_only_the_new_content(tmp_path: Path) -> None:
+    spares = SpareFiles(tmp_path / "spare")
+    ended = write(tmp_path / "a.json", b"a long record of the ended task\nexit 0\n")
+    inode = ended.stat().st_ino
+
+    assert spares.recycle(ended)
+    assert not ended.exists()
+    assert len(spares) == 1
+
+    assert spares.write_new(tmp_path / "b.json", b"new\n")
+    assert (tmp_path / "b.json").read_bytes() == b"new\n"
+    assert (tmp_path / "b.json").stat().st_ino == inode, "the spare's inode was not reused"
+    assert (tmp_path / "b.json").stat().st_nlink == 1
+    assert len(spares) == 0
+    assert list((tmp_path / "spare").iterdir()) == [], "the spare's own name was not dropped"
+
+
+def test_without_a_spare_a_new_file_is_created(tmp_path: Path) -> None:
+    spares = SpareFiles(tmp_path / "spare")
+
+    assert spares.write_new(tmp_path / "b.json", b"new\n")
+
+    assert (tmp_path / "b.json").read_bytes() == b"new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "spare"], "a temporary file was left"
+
+
+def test_an_existing_file_is_never_overwritten_and_the_spare_is_kept(tmp_path: Path) -> None:
+    spares = SpareFiles(tmp_path / "spare")
+    spares.recycle(write(tmp_path / "old.json", b"old\n"))
+    existing = write(tmp_path / "b.json", b"the first launch's record\n")
+
+    assert not spares.write_new(existing, b"a second launch\n")
+
+    assert existing.read_bytes() == b"the first launch's record\n"
+    assert len(spares) == 1
+    assert spares.write_new(tmp_path / "c.json", b"c\n")
+    assert (tmp_path / "c.json").read_bytes() == b"c\n"
+
+
+def test_a_spare_that_is_also_a_task_file_is_never_truncated(tmp_path: Path) -> None:
+    # A crash between linking a spare as a task file and dropping its spare name leaves one file
+    # under two names; the next process adopts the spare name.
+    (tmp_path / "spare").mkdir()
+    task_file = write(tmp_path / "live.json", b"a running task's record\n")
+    os.link(task_file, tmp_path / "spare" / "leftover")
+
+    spares = SpareFiles(tmp_path / "spare")
+    assert len(spares) == 1
+    assert spares.write_new(tmp_path / "b.json", b"new\n")
+
+    assert task_file.read_bytes() == b"a running task's record\n"
+    assert task_file.stat().st_nlink == 1, "the leftover spare name was not dropped"
+    assert (tmp_path / "b.json").stat().st_ino != task_file.stat().st_ino
+
+
+def test_two_processes_sharing_a_directory_never_use_one_spare_twice(tmp_path: Path) -> None:
+    first = SpareFiles(tmp_path / "spare")
+    for name in ("a", "b", "c"):
+        first.recycle(write(tmp_path / f"{name}.json", b"x\n"))
+    second = SpareFiles(tmp_path / "spare")  # starts later: adopts what it finds
+    assert len(second) == 3
+
+    written = []
+    for n in range(6):
+        owner = first if n % 2 else second
+        path = tmp_path / f"new-{n}.json"
+        assert owner.write_new(path, f"{n}\n".encode())
+        written.append(path)
+
+    inodes = [path.stat().st_ino for path in written]
+    assert len(set(inodes)) == 6, "one inode became two tasks' files"
+    assert [path.read_bytes() for path in written] == [f"{n}\n".encode() for n in range(6)]
+
+
+def test_beyond_the_limit_ended_files_are_deleted(tmp_path: Path) -> None:
+    spares = SpareFiles(tmp_path / "spare", limit=2)
+    for name in ("a", "b", "c"):
+        assert spares.recycle(write(tmp_path / f"{name}.json", b"x\n"))
+
+    assert len(spares) == 2
+    assert len(list((tmp_path / "spare").iterdir())) == 2
+    assert not (tmp_path / "c.json").exists()
+    assert not spares.recycle(tmp_path / "never-existed.json")
