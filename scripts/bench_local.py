@@ -92,6 +92,7 @@ from typing import IO, Any, Final, TypeAlias  # noqa: E402
 import pika  # noqa: E402
 import pika.exceptions  # noqa: E402
 import redis  # noqa: E402
+from bench_hostile import broker_pids, cpu_seconds  # noqa: E402
 from bench_peers import (  # noqa: E402
     DEFAULT_URL,
     MissingDependencyError,
@@ -191,6 +192,15 @@ class ProcCpu:
         return cls(own=(utime + stime) / CLOCK_TICKS, children=(cutime + cstime) / CLOCK_TICKS)
 
 
+def broker_cpu() -> float:
+    """CPU-seconds RabbitMQ (every ``beam.smp`` of this machine) has used so far."""
+    total = 0.0
+    for pid in broker_pids():
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
 @dataclass
 class LogProblem:
     at: float
@@ -212,6 +222,7 @@ class OrchestratorProcess:
         self.spawned_at = 0.0
         self.consuming_at: float | None = None
         self.cpu_at_consuming: ProcCpu | None = None
+        self.broker_cpu_at_consuming: float | None = None
         self.consuming = threading.Event()
         self.problems: list[LogProblem] = []
         #: deploymentId -> the statuses the orchestrator logged publishing for it, in order.
@@ -274,6 +285,7 @@ class OrchestratorProcess:
         if message.startswith(CONSUMING_PREFIX) and "(prefetch" in message:
             with contextlib.suppress(OSError):
                 self.cpu_at_consuming = self.cpu()
+                self.broker_cpu_at_consuming = broker_cpu()
             self.consuming_at = now
             self.consuming.set()
 
@@ -598,6 +610,8 @@ class OrchestratorRun:
     problems: list[str]
     settings: dict[str, Any] = field(default_factory=dict)
     system: str = "orchestrator"
+    #: RabbitMQ's CPU over the same window (every system's jobs cost the broker too).
+    broker_cpu_seconds: float | None = None
 
     @property
     def jobs_per_second(self) -> float:
@@ -612,12 +626,17 @@ class OrchestratorRun:
     def children_cpu_ms_per_job(self) -> float:
         return 1000 * self.children_cpu_seconds / self.jobs
 
+    @property
+    def broker_cpu_ms_per_job(self) -> float | None:
+        return None if self.broker_cpu_seconds is None else 1000 * self.broker_cpu_seconds / self.jobs
+
     def as_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "jobs_per_second": self.jobs_per_second,
             "cpu_ms_per_job": self.cpu_ms_per_job,
             "children_cpu_ms_per_job": self.children_cpu_ms_per_job,
+            "broker_cpu_ms_per_job": self.broker_cpu_ms_per_job,
             "dispatched_per_second": self.jobs / self.dispatch_seconds,
         }
 
@@ -627,6 +646,7 @@ class OrchestratorRun:
             f"{self.jobs_per_second:8.1f} jobs/s, "
             f"CPU own {self.own_cpu_seconds:.2f} s ({self.cpu_ms_per_job:.2f} ms/job) + children "
             f"{self.children_cpu_seconds:.2f} s ({self.children_cpu_ms_per_job:.2f} ms/job), "
+            f"RabbitMQ {self.broker_cpu_ms_per_job or 0:.2f} ms/job, "
             f"startup {self.startup_seconds:.2f} s, stop {self.stop_seconds or 0:.2f} s, "
             f"exit {self.exit_code}"
         )
@@ -677,6 +697,7 @@ def orchestrator_throughput(n: int, args: argparse.Namespace, round_no: int) -> 
                     collector, orchestrator, n, args.timeout, f"round {round_no}", args.stall_seconds
                 )
                 cpu_end = orchestrator.cpu()
+                broker_end = broker_cpu()
                 live = f"{collector.dispatched} dispatched and {collector.terminal} of {n} jobs ended"
             finally:
                 orchestrator.stop()
@@ -703,6 +724,11 @@ def orchestrator_throughput(n: int, args: argparse.Namespace, round_no: int) -> 
             dispatch_seconds=max(collected.dispatched_at[i] for i in ids) - orchestrator.consuming_at,
             own_cpu_seconds=cpu_end.own - cpu_start.own,
             children_cpu_seconds=cpu_end.children - cpu_start.children,
+            broker_cpu_seconds=(
+                None
+                if orchestrator.broker_cpu_at_consuming is None
+                else broker_end - orchestrator.broker_cpu_at_consuming
+            ),
             startup_seconds=startup,
             stop_seconds=orchestrator.stop_seconds,
             exit_code=orchestrator.returncode,

@@ -11,11 +11,13 @@ Layout of ``local.state_dir``::
     tasks/<id>.stop   why the task was asked to stop, written by
                       :meth:`~orchestrator.launch.local.LocalLauncher.stop`
     logs/<id>.log     the worker's standard output and error
+    spare/            ended task files kept for reuse (:mod:`~orchestrator.launch.local_spares`)
 
 One file per task, appended to, rather than a record rewritten with the pid and a second file for the
 exit status: each task then creates two files (its record and its log) and deletes one, instead of
 four and three. File creation after many deletions is what a busy local launcher spent most of its
-kernel time on (ext4 without a journal scans past every inode deleted in the last 30 s). A line is
+kernel time on (ext4 without a journal scans past every inode deleted in the last 30 s); an ended
+task's file is not even deleted now, but kept and reused for a later task. A line is
 counted only once its newline is there, so a reader never acts on half of one. Tasks started by an
 older version (a record rewritten whole, a separate ``<id>.exit``) are still read.
 
