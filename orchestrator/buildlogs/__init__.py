@@ -6,7 +6,9 @@
 * :mod:`orchestrator.buildlogs.local_source` — one follower for every local task's log file;
 * :mod:`orchestrator.buildlogs.cloudwatch` — ECS tasks' ``awslogs`` streams;
 * :mod:`orchestrator.buildlogs.redis_stream` — the Redis Stream sink;
-* :mod:`orchestrator.buildlogs.pump` — the one thread that polls sources and publishes.
+* :mod:`orchestrator.buildlogs.pump` — the one thread that polls sources and publishes;
+  :mod:`~orchestrator.buildlogs.pump_task` (its state of one attempt),
+  :mod:`~orchestrator.buildlogs.pump_lines` (caps, shaping, numbering).
 """
 
 from orchestrator.buildlogs.model import FollowedTask, LogLine, LogSource, RawLine
