@@ -33,6 +33,7 @@ import pika.exceptions
 
 from orchestrator.broker.consumer_io import POLL_SECONDS, ConsumerIO
 from orchestrator.broker.ledger import DeliveryLedger, Settle, SettlePlan
+from orchestrator.broker.settle_io import warn_stale
 from orchestrator.delivery import Delivery
 from orchestrator.errors import BrokerError
 from orchestrator.logs import WARNING, emoji
@@ -163,7 +164,7 @@ class Consumer(ConsumerIO):
                 wake = self._settle_woken is not connection
                 self._settle_woken = connection
         if connection is None:
-            self._warn_stale(delivery, requeue)
+            warn_stale(delivery, requeue)
             return
         if wake:
             # (a closing connection: its session's end drops what waits, as stale)

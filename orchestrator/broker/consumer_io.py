@@ -4,10 +4,11 @@ Everything here runs on the consumer's one I/O thread (pika's ``BlockingConnecti
 thread-safe): connecting and reconnecting with backoff (to the next node of a cluster, as
 :class:`~orchestrator.broker.nodes.NodeCycle` says), declaring the topology, consuming with
 manual acks (one consumer, plus more when :meth:`~orchestrator.broker.consumer.Consumer.widen`
-asks), turning each message into a :class:`~orchestrator.delivery.Delivery`, carrying out the acks and
-nacks other threads asked for (:meth:`ConsumerIO._settle_on_io`, planned by the
-:class:`~orchestrator.broker.ledger.DeliveryLedger`), and on every lost or replaced channel starting a
-new generation, whose older deliveries are stale. The public, any-thread side is in
+asks), turning each message into a :class:`~orchestrator.delivery.Delivery`
+(:mod:`orchestrator.broker.inbound`), carrying out the acks and nacks other threads asked for
+(:meth:`ConsumerIO._settle_on_io`, planned by the :class:`~orchestrator.broker.ledger.DeliveryLedger`,
+sent by :mod:`orchestrator.broker.settle_io`), and on every lost or replaced channel starting a new
+generation, whose older deliveries are stale. The public, any-thread side is in
 :mod:`orchestrator.broker.consumer`.
 """
 
@@ -15,8 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import pika
@@ -30,9 +30,10 @@ from orchestrator.broker.connection import (
     connection_parameters,
     describe_broker_error,
 )
-from orchestrator.broker.headers import kept_headers, read_attempt
+from orchestrator.broker.inbound import delivery_of
 from orchestrator.broker.ledger import DeliveryLedger, SettlePlan
 from orchestrator.broker.nodes import BrokerNode, NodeCycle, connected_detail
+from orchestrator.broker.settle_io import send_settle_plan, warn_stale
 from orchestrator.broker.topology import declare_topology
 from orchestrator.config import BrokerConfig, StatusConfig
 from orchestrator.connect_errors import broker_connect_failure
@@ -111,27 +112,13 @@ class ConsumerIO:
             dropped, self._settling = self._settling, []
             self._settle_woken = None
         for delivery, requeue in dropped:
-            self._warn_stale(delivery, requeue)
-
-    def _warn_stale(self, delivery: Delivery, requeue: bool | None) -> None:
-        log.warning(
-            "ignoring %s of delivery %d from channel generation %d: that channel is gone and the broker "
-            "has requeued the message",
-            _verb(requeue),
-            delivery.delivery_tag,
-            delivery.generation,
-            extra=emoji(WARNING),
-        )
+            warn_stale(delivery, requeue)
 
     # --- the I/O thread --------------------------------------------------------------------------
 
     def _settle_on_io(self) -> None:
-        """Carry out every ack and nack asked for since the last call, in as few frames as it can.
-
-        Nacks go one by one, first; then the acks below the lowest delivery still outstanding go as
-        one ``multiple`` ack (a flood of rejections is acked in a handful of frames, not one frame
-        and one socket write per message), and the rest one by one.
-        """
+        """Carry out every ack and nack asked for since the last call, in as few frames as it can
+        (:func:`~orchestrator.broker.settle_io.send_settle_plan`)."""
         with self._lock:
             batch, self._settling = self._settling, []
             self._settle_woken = None
@@ -140,22 +127,7 @@ class ConsumerIO:
                 plan = SettlePlan(stale=tuple(range(len(batch))))
             else:
                 plan = self._ledger.plan([(d.generation, d.delivery_tag, requeue) for d, requeue in batch])
-        for index in plan.stale:
-            self._warn_stale(*batch[index])
-        for index in plan.duplicate:
-            delivery, requeue = batch[index]
-            log.warning(
-                "ignoring %s of delivery %d: it was already acked or nacked",
-                _verb(requeue),
-                delivery.delivery_tag,
-                extra=emoji(WARNING),
-            )
-        for tag, requeue in plan.nacks:
-            channel.basic_nack(delivery_tag=tag, requeue=requeue)
-        if plan.ack_up_to is not None:
-            channel.basic_ack(delivery_tag=plan.ack_up_to, multiple=True)
-        for tag in plan.acks:
-            channel.basic_ack(delivery_tag=tag)
+        send_settle_plan(channel, plan, batch)
 
     def _run(self) -> None:
         while not self._stop_requested.is_set():
@@ -361,21 +333,7 @@ class ConsumerIO:
     def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
         with self._lock:
             generation = self._ledger.generation  # (only this thread changes it)
-        # Headers are untrusted: read only what is used, bounded, never recursing into tables.
-        raw_headers = properties.headers if isinstance(properties.headers, Mapping) else None
-        attempt, problem = read_attempt(raw_headers, self._max_attempts)
-        message_id = properties.message_id
-        delivery = Delivery(
-            generation=generation,
-            delivery_tag=method.delivery_tag,
-            redelivered=bool(method.redelivered),
-            body=body,
-            headers=kept_headers(raw_headers),
-            attempt=attempt,
-            received_at=time.monotonic(),
-            message_id=message_id if isinstance(message_id, str) and len(message_id) <= 256 else None,
-            problem=problem,
-        )
+        delivery = delivery_of(generation, method, properties, body, self._max_attempts)
         with self._lock:
             self._ledger.received(method.delivery_tag, delivery)
         if self._pause_requested.is_set():
@@ -420,9 +378,3 @@ class ConsumerIO:
             log.info("stopped; requeued %d unacked deliveries", len(tags), extra=emoji(PROGRESS))
         else:
             log.info("stopped", extra=emoji(SUCCESS))
-
-
-def _verb(requeue: bool | None) -> str:
-    if requeue is None:
-        return "ack"
-    return "nack (requeue)" if requeue else "nack"

@@ -15,11 +15,9 @@ A round's entries are written by one Lua script call, which Redis runs atomicall
 killed mid-write leaves all or none of them. When the write fails (Redis down) every task goes back
 to where its stream stands and is read again from there once Redis is back.
 
-**Caps.** Per job: lines and bytes per second (token buckets holding :data:`BURST_SECONDS` worth, or
-the pause since the task was last read) and in total. A line over a cap is dropped without being shaped,
-counted in ``orchestrator_log_lines_dropped_total{reason}`` and in the attempt's end entry, and the
-first drop of each kind publishes one marker line (stream ``orchestrator``). What is held per task is
-bounded (its source keeps at most one unfinished line; the pump a few counters), whatever it writes.
+**Caps.** Per job, lines and bytes per second and in total (:mod:`~orchestrator.buildlogs.pump_lines`).
+What is held per task is bounded (its source keeps at most one unfinished line; the pump a few
+counters, :mod:`~orchestrator.buildlogs.pump_task`), whatever it writes.
 
 **Finishing.** :meth:`LogPump.finish` (the task ended) makes the pump read the task's log to its end,
 then write the attempt's end entry and call back ``on_flushed(True)``. When the log is not complete
@@ -31,7 +29,6 @@ its end entry is written. Callbacks run on the pump's thread: they must only han
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import logging
 import threading
 import time
@@ -43,9 +40,10 @@ import redis
 
 from orchestrator import metrics
 from orchestrator.backoff import Backoff
-from orchestrator.buildlogs.model import FollowedTask, LogLine, LogSource, RawLine
+from orchestrator.buildlogs.model import FollowedTask, LogSource
+from orchestrator.buildlogs.pump_lines import LineMaker
+from orchestrator.buildlogs.pump_task import OnFlushed, PumpTask, call_back
 from orchestrator.buildlogs.redis_stream import EndEntry, Entry, LineEntry, RedisStreamSink, Resume
-from orchestrator.buildlogs.shaping import shape_line
 from orchestrator.config import LogsConfig
 from orchestrator.logs import FAILURE, SUCCESS, WARNING, emoji
 from orchestrator.redaction import redact_text
@@ -57,78 +55,12 @@ log = logging.getLogger(__name__)
 
 #: Most raw lines read from all sources in one round (the round's memory and Redis write are bounded).
 ROUND_LINES: Final = 10_000
-#: The stream of the pump's own lines (cap markers).
-MARKER_STREAM: Final = "orchestrator"
-#: Reasons of dropped lines (``orchestrator_log_lines_dropped_total{reason}``).
-DROP_REASONS: Final = metrics.LOG_DROP_REASONS
-#: The per-second caps let a job write this many seconds' worth at once.
-BURST_SECONDS: Final = 10.0
 #: After the final wait, how long a finished task's log is still read before it is ended where it is.
 LATE_SECONDS: Final = 60.0
 #: Bound of the pump's wait between two failed Redis writes.
 RETRY_MAX_SECONDS: Final = 5.0
 #: ``close`` waits this long for the thread.
 CLOSE_TIMEOUT_SECONDS: Final = 5.0
-
-OnFlushed = Callable[[bool], None]
-
-_ENCODER: Final = msgspec.json.Encoder()
-
-
-class _Bucket:
-    """A token bucket of ``rate`` per second holding up to :data:`BURST_SECONDS` of it — or, after a
-    longer pause between two reads of the task, that pause's worth.
-
-    The local source stamps a line when it reads it, not when the worker wrote it: a pump running
-    behind reads seconds of a well-behaved worker's output at once, which a one-second bucket would
-    take for a burst and drop.
-    """
-
-    __slots__ = ("capacity", "last", "rate", "tokens")
-
-    def __init__(self, rate: float, now: float, burst_seconds: float = BURST_SECONDS) -> None:
-        self.rate = rate
-        self.capacity = rate * burst_seconds
-        self.tokens = self.capacity
-        self.last = now
-
-    def take(self, amount: float, now: float) -> bool:
-        elapsed = now - self.last
-        if elapsed > 0:
-            self.tokens = min(max(self.capacity, self.rate * elapsed), self.tokens + elapsed * self.rate)
-            self.last = now
-        if self.tokens >= amount:
-            self.tokens -= amount
-            return True
-        return False
-
-
-class _Task:
-    """The pump's state of one followed attempt (a few numbers, whatever the task writes)."""
-
-    def __init__(
-        self, task: FollowedTask, source: LogSource, key: str, config: LogsConfig, now: float
-    ) -> None:
-        self.task = task
-        self.source = source
-        self.key = key
-        self.resolved = False  # where its stream stands has been read
-        self.seq = 0  # last seq given out
-        self.written_seq = 0  # last seq known to be in Redis
-        self.written_cursor: str | None = None
-        self.cursor: str | None = None  # after the last line given out
-        self.lines_total = 0
-        self.bytes_total = 0
-        self.dropped = 0
-        self.marked: set[str] = set()
-        self.written_marked: set[str] = set()
-        self.line_rate = _Bucket(config.max_lines_per_second, now)
-        self.byte_rate = _Bucket(config.max_bytes_per_second, now)
-        self.finish_status: str | None = None
-        self.finish_deadline = 0.0  # the finish is called back (False) by then at the latest
-        self.give_up_at = 0.0  # the log is ended there by then at the latest
-        self.polled_since_finish = False
-        self.callbacks: list[OnFlushed] = []
 
 
 class _Follow(msgspec.Struct, frozen=True):
@@ -172,7 +104,7 @@ class LogPump:
         self._sink = sink
         self._sources = dict(sources)
         self._clock = clock
-        self._tasks: dict[str, _Task] = {}
+        self._tasks: dict[str, PumpTask] = {}
         self._requests: collections.deque[_Follow | _Finish | _Unfollow] = collections.deque()
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -180,7 +112,7 @@ class LogPump:
         self._backoff = Backoff(0.1, RETRY_MAX_SECONDS)
         self._retry_at = 0.0
         self._down = False
-        self._at_cache: tuple[float, str] = (-1.0, "")
+        self._lines = LineMaker(config)
 
     # --- any thread -----------------------------------------------------------------------------
 
@@ -231,7 +163,7 @@ class LogPump:
             if callable(closer):
                 closer()
         for callback in pending:
-            _call(callback, False)
+            call_back(callback, False)
 
     def _distinct_sources(self) -> list[LogSource]:
         """Each source once (one may serve several launchers: CloudWatch serves fargate and ec2)."""
@@ -277,7 +209,7 @@ class LogPump:
                     continue
                 touched.add(task_id)
                 polled += len(raws)
-                self._publish(task, raws, entries, lag_from)
+                self._lines.publish(task, raws, entries, lag_from)
         ended = self._ending(now, touched, entries)
         published = len(entries) - len(ended)
         try:
@@ -298,16 +230,10 @@ class LogPump:
                     task = self._add(handle, now)
                     if task is None:
                         if on_flushed is not None:
-                            _call(on_flushed, True)
+                            call_back(on_flushed, True)
                         continue
                     if task.finish_status is None:
-                        task.finish_status = status
-                        task.finish_deadline = now + self._config.final_wait_seconds
-                        task.give_up_at = task.finish_deadline + self._late_seconds
-                        task.polled_since_finish = False
-                        ended = getattr(task.source, "task_ended", None)
-                        if task.resolved and callable(ended):
-                            ended(task.task.task_id)
+                        task.begin_finish(status, now + self._config.final_wait_seconds, self._late_seconds)
                     if on_flushed is not None:
                         task.callbacks.append(on_flushed)
                 case _Unfollow(task_id):
@@ -316,9 +242,9 @@ class LogPump:
                         task.source.unfollow(task_id)
                         callbacks, task.callbacks = task.callbacks, []
                         for callback in callbacks:
-                            _call(callback, False)
+                            call_back(callback, False)
 
-    def _add(self, handle: TaskHandle, now: float) -> _Task | None:
+    def _add(self, handle: TaskHandle, now: float) -> PumpTask | None:
         task = self._tasks.get(handle.task_id)
         if task is not None:
             return task
@@ -332,7 +258,7 @@ class LogPump:
             launcher=handle.launcher,
             location=source.location_of(handle),
         )
-        task = _Task(followed, source, self._sink.key(handle.deployment_id), self._config, now)
+        task = PumpTask(followed, source, self._sink.key(handle.deployment_id), self._config, now)
         self._tasks[handle.task_id] = task
         return task
 
@@ -350,20 +276,18 @@ class LogPump:
             self._start(task, point)
         return True
 
-    def _start(self, task: _Task, point: Resume) -> None:
+    def _start(self, task: PumpTask, point: Resume) -> None:
         task.resolved = True
         task.seq = task.written_seq = point.seq
         task.cursor = task.written_cursor = point.cursor
         if point.ended:  # a previous owner published the whole attempt, its end too
             self._tasks.pop(task.task.task_id, None)
             for callback in task.callbacks:
-                _call(callback, True)
+                call_back(callback, True)
             return
         task.source.follow(task.task, point.cursor)
         if task.finish_status is not None:
-            ended = getattr(task.source, "task_ended", None)
-            if callable(ended):
-                ended(task.task.task_id)
+            task.tell_source_ended()
         if point.seq:
             log.info(
                 "resuming the log of %s attempt %d after line %d",
@@ -373,63 +297,13 @@ class LogPump:
                 extra=emoji(SUCCESS),
             )
 
-    def _publish(
-        self, task: _Task, raws: list[RawLine], entries: list[Entry], lag_from: dict[float, int]
-    ) -> None:
-        config = self._config
-        for raw in raws:
-            size = len(raw.text) + 1
-            reason = None
-            if task.lines_total >= config.max_lines_total or task.bytes_total + size > config.max_bytes_total:
-                reason = "total"
-            elif not (task.line_rate.take(1, raw.at) and task.byte_rate.take(size, raw.at)):
-                reason = "rate"
-            if reason is not None:
-                task.dropped += 1
-                metrics.LOG_LINES_DROPPED.labels(reason=reason).inc()
-                if reason not in task.marked:
-                    task.marked.add(reason)
-                    self._append(task, MARKER_STREAM, _marker(reason, config), raw, entries, lag_from)
-                continue
-            task.lines_total += 1
-            task.bytes_total += size
-            for piece in shape_line(raw.text, config.max_line_bytes):
-                self._append(task, raw.stream, piece, raw, entries, lag_from)
-
-    def _append(
-        self,
-        task: _Task,
-        stream: str,
-        text: str,
-        raw: RawLine,
-        entries: list[Entry],
-        lag_from: dict[float, int],
-    ) -> None:
-        task.seq += 1
-        line = LogLine(
-            deployment_id=task.task.deployment_id,
-            attempt=task.task.attempt,
-            seq=task.seq,
-            at=self._rfc3339(raw.at),
-            stream=stream,
-            line=text,
-        )
-        entries.append(LineEntry(task.key, _ENCODER.encode(line), raw.cursor))
-        task.cursor = raw.cursor
-        lag_from[raw.at] = lag_from.get(raw.at, 0) + 1
-
-    def _ending(self, now: float, touched: set[str], entries: list[Entry]) -> list[tuple[_Task, bool]]:
+    def _ending(self, now: float, touched: set[str], entries: list[Entry]) -> list[tuple[PumpTask, bool]]:
         """The finishing tasks whose log is complete (or whose wait is over): their end entries."""
-        ended: list[tuple[_Task, bool]] = []
+        ended: list[tuple[PumpTask, bool]] = []
         for task in self._tasks.values():
             if task.finish_status is None or not task.resolved:
                 continue
-            caught_up = getattr(task.source, "caught_up", None)
-            if callable(caught_up):
-                complete = bool(caught_up(task.task.task_id))
-            else:
-                complete = task.polled_since_finish and task.task.task_id not in touched
-            task.polled_since_finish = True
+            complete = task.log_complete(touched)
             if complete or now >= task.give_up_at:
                 entries.append(
                     EndEntry(task.key, task.task.attempt, task.finish_status, task.seq, task.dropped)
@@ -451,7 +325,7 @@ class LogPump:
                 )
                 callbacks, task.callbacks = task.callbacks, []
                 for callback in callbacks:
-                    _call(callback, False)
+                    call_back(callback, False)
 
     def _expire_finishes(self, now: float) -> None:
         """While Redis is down: a finished task past its last chance is forgotten (no end entry)."""
@@ -460,7 +334,7 @@ class LogPump:
             task.source.unfollow(task.task.task_id)
 
     def _written(
-        self, entries: list[Entry], lag_from: dict[float, int], ended: list[tuple[_Task, bool]]
+        self, entries: list[Entry], lag_from: dict[float, int], ended: list[tuple[PumpTask, bool]]
     ) -> None:
         if self._down:
             self._down = False
@@ -474,9 +348,7 @@ class LogPump:
             for at, count in lag_from.items():
                 metrics.observe_many(metrics.LOG_LAG, max(0.0, written_at - at), count)
         for task in self._tasks.values():
-            task.written_seq = task.seq
-            task.written_cursor = task.cursor
-            task.written_marked = set(task.marked)
+            task.written()
         for task, complete in ended:
             self._tasks.pop(task.task.task_id, None)
             task.source.unfollow(task.task.task_id)
@@ -490,7 +362,7 @@ class LogPump:
                     extra=emoji(WARNING),
                 )
             for callback in task.callbacks:
-                _call(callback, complete)
+                call_back(callback, complete)
 
     def _write_failed(self, error: redis.RedisError, now: float) -> None:
         """Every task goes back to what its stream holds, to be read again from there."""
@@ -503,47 +375,7 @@ class LogPump:
                 extra=emoji(WARNING),
             )
         for task in self._tasks.values():
-            if not task.resolved:
-                continue
-            if task.seq != task.written_seq:
-                task.seq = task.written_seq
-                task.cursor = task.written_cursor
-                task.marked = set(task.written_marked)
-                task.source.unfollow(task.task.task_id)
-                task.source.follow(task.task, task.written_cursor)
-                if task.finish_status is not None:
-                    ended = getattr(task.source, "task_ended", None)
-                    if callable(ended):
-                        ended(task.task.task_id)
+            if task.resolved:
+                task.rewind()
         self._retry_at = now + self._backoff.next_delay()
         self._expire_finishes(now)
-
-    def _rfc3339(self, at: float) -> str:
-        cached_at, text = self._at_cache
-        if at == cached_at:
-            return text
-        moment = dt.datetime.fromtimestamp(at, dt.UTC)
-        text = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-        self._at_cache = (at, text)
-        return text
-
-
-def _marker(reason: str, config: LogsConfig) -> str:
-    if reason == "total":
-        text = (
-            f"⚠️ this job's output reached its limit ({config.max_lines_total} lines or "
-            f"{config.max_bytes_total} bytes): the rest is dropped"
-        )
-    else:
-        text = (
-            f"⚠️ this job's output is over its limit ({config.max_lines_per_second} lines or "
-            f"{config.max_bytes_per_second} bytes per second): lines over it are dropped"
-        )
-    return text
-
-
-def _call(callback: OnFlushed, flushed: bool) -> None:
-    try:
-        callback(flushed)
-    except Exception:
-        log.exception("log pump callback failed", extra=emoji(FAILURE))

@@ -21,7 +21,13 @@ from typing import Final
 import msgspec
 
 from orchestrator import __version__
-from orchestrator.coordination.claims import DEFAULT_ADOPT_CLAIM_SECONDS, Claim, Claims, LaunchClaim
+from orchestrator.coordination.claims import (
+    DEFAULT_ADOPT_CLAIM_SECONDS,
+    Claim,
+    Claims,
+    LaunchClaim,
+    pick_owners,
+)
 from orchestrator.coordination.client import (
     ConnectivityCallback,
     ConnectivityReporter,
@@ -232,14 +238,16 @@ class InstanceRegistry:
         if not task_ids:
             return set()
         n = len(task_ids)
-        keys = [self.claims.key(t) for t in task_ids] + [done.key(k) for k in [*task_ids, *attempt_keys]]
+        claim_keys = [self.claims.key(t) for t in task_ids] + [self.claims.legacy_key(t) for t in task_ids]
+        keys = claim_keys + [done.key(k) for k in [*task_ids, *attempt_keys]]
         with redis_errors("checking who owns the tasks"):
             values = self._client.mget(keys)
-        owners, task_done, attempt_done = values[:n], values[n : 2 * n], values[2 * n :]
+        owners = pick_owners(values[: 2 * n])
+        task_done, attempt_done = values[2 * n : 3 * n], values[3 * n :]
         taken = set()
         for index, task_id in enumerate(task_ids):
             owner = owners[index]
-            adopted = owner is not None and reply_text(owner) != self.instance_id
+            adopted = owner is not None and owner != self.instance_id
             if adopted or task_done[index] is not None or attempt_done[index] is not None:
                 taken.add(task_id)
         return taken

@@ -10,6 +10,7 @@ The launcher's parts, one concept each:
 
 * :mod:`orchestrator.launch.ecs_params` — the textual settings (``ecs.capacity_provider``,
   ``ecs.placement_constraints``, ``ecs.placement_strategy``) parsed into RunTask parameters;
+* :mod:`orchestrator.launch.ecs_run_task` — all of RunTask's parameters for one launch;
 * :mod:`orchestrator.launch.ecs_tags` — the task tags, written at RunTask and read back;
 * :mod:`orchestrator.launch.ecs_states` — a described task's phase, exit code and stop reason;
 * :mod:`orchestrator.launch.ecs_client` — the boto3 client (retries, timeouts, connection pool);
@@ -23,37 +24,17 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from orchestrator import metrics
 from orchestrator.config import Config
-from orchestrator.errors import CapacityError, ConfigError, LaunchError, PermanentLaunchError
-from orchestrator.launch.base import (
-    LaunchRequest,
-    TaskHandle,
-    TaskState,
-    client_token,
-    job_from_environment,
-    worker_environment,
-)
+from orchestrator.errors import CapacityError, LaunchError
+from orchestrator.launch.base import LaunchRequest, TaskHandle, TaskState, job_from_environment
 from orchestrator.launch.ecs_client import make_ecs_client
 from orchestrator.launch.ecs_failure_notes import FailureNotes
-from orchestrator.launch.ecs_params import (
-    FARGATE_PROVIDERS,
-    parse_capacity_providers,
-    parse_placement_constraints,
-    parse_placement_strategy,
-)
+from orchestrator.launch.ecs_run_task import LaunchType, RunTaskParams
 from orchestrator.launch.ecs_states import states_of
-from orchestrator.launch.ecs_tags import (
-    MAX_TAG_VALUE_CHARS,
-    TAG_ATTEMPT,
-    TAG_DEPLOYMENT,
-    handle_of,
-    launcher_of,
-    tags_of,
-    task_tags,
-)
+from orchestrator.launch.ecs_tags import TAG_ATTEMPT, TAG_DEPLOYMENT, handle_of, launcher_of, tags_of
 from orchestrator.launch.errors import classify_exception, classify_failure
 from orchestrator.logs import PROGRESS, SUCCESS, WARNING, emoji, job_fields, task_fields
 from orchestrator.messages import SourceJob
@@ -62,18 +43,13 @@ from orchestrator.redaction import redact_text
 __all__ = [
     "DESCRIBE_BATCH",
     "DESCRIBE_CONCURRENCY",
-    "LAUNCHER_NAMES",
     "LISTED_DESIRED_STATUSES",
     "LIST_PAGE_SIZE",
     "MAX_STOP_REASON_CHARS",
     "EcsLauncher",
-    "LaunchType",
 ]
 
 log = logging.getLogger(__name__)
-
-LaunchType = Literal["FARGATE", "EC2"]
-LAUNCHER_NAMES: Final[dict[str, str]] = {"FARGATE": "fargate", "EC2": "ec2"}
 
 #: DescribeTasks takes at most 100 tasks per call; ListTasks returns at most 100 per page.
 DESCRIBE_BATCH: Final = 100
@@ -109,7 +85,8 @@ class EcsLauncher:
             default one made on first use.
 
     Raises:
-        ConfigError: a textual setting (capacity providers, placement) cannot be parsed.
+        ConfigError: the launch type is unknown, or a textual setting (capacity providers, placement)
+            cannot be parsed.
 
     ``api_calls`` counts every ECS call by operation name (``RunTask``, ``DescribeTasks``, ...).
     """
@@ -123,23 +100,12 @@ class EcsLauncher:
         client: Any = None,
         logs_client: Any = None,
     ) -> None:
-        if launch_type not in LAUNCHER_NAMES:
-            raise ConfigError([f"launch type {launch_type!r}: expected FARGATE or EC2"])
+        self.params = RunTaskParams(config, launch_type, job_type)
         self.config = config
         self.ecs = config.ecs
         self.launch_type: LaunchType = launch_type
-        self.name = LAUNCHER_NAMES[launch_type]
+        self.name = self.params.name
         self.job_type = job_type
-        problems: list[str] = []
-        providers = parse_capacity_providers(self.ecs.capacity_provider, problems)
-        is_fargate = launch_type == "FARGATE"
-        self.capacity_provider_strategy = [
-            p for p in providers if (p["capacityProvider"] in FARGATE_PROVIDERS) == is_fargate
-        ]
-        self.placement_constraints = parse_placement_constraints(self.ecs.placement_constraints, problems)
-        self.placement_strategy = parse_placement_strategy(self.ecs.placement_strategy, problems)
-        if problems:
-            raise ConfigError(problems)
         self.client = client if client is not None else make_ecs_client(self.ecs, DESCRIBE_CONCURRENCY)
         self.api_calls: collections.Counter[str] = collections.Counter()
         self._calls_lock = threading.Lock()
@@ -152,13 +118,11 @@ class EcsLauncher:
 
     def task_definition_for(self, job_type: str) -> str | None:
         """The task definition of ``job_type``: its override, the launcher's type's, else ecs's."""
-        pinned = self.config.for_type(self.job_type).task_definition if self.job_type else None
-        return self.config.for_type(job_type).task_definition or pinned or self.ecs.task_definition
+        return self.params.task_definition_for(job_type)
 
     def container_for(self, job_type: str) -> str:
         """The worker container's name in ``job_type``'s task definition."""
-        pinned = self.config.for_type(self.job_type).container_name if self.job_type else None
-        return self.config.for_type(job_type).container_name or pinned or self.ecs.container_name
+        return self.params.container_for(job_type)
 
     # --- calls ----------------------------------------------------------------------------------
 
@@ -172,57 +136,12 @@ class EcsLauncher:
             raise classify_exception(e, operation) from None
 
     def run_task_params(self, request: LaunchRequest) -> dict[str, Any]:
-        """The RunTask parameters for ``request`` (no call is made).
+        """The RunTask parameters for ``request`` (no call is made; see :class:`RunTaskParams`).
 
         Raises:
             PermanentLaunchError: no task definition is configured for the job's type.
         """
-        job = request.job
-        task_definition = self.task_definition_for(job.type)
-        if not task_definition:
-            raise PermanentLaunchError(
-                f"no task definition for {job.type} jobs: "
-                f"set ecs.task_definition or type.{job.type}.task_definition"
-            )
-        environment = worker_environment(job, request.attempt)
-        tags = task_tags(request, self.name)
-        params: dict[str, Any] = {
-            "cluster": self.ecs.cluster,
-            "taskDefinition": task_definition,
-            "count": 1,
-            "startedBy": self.ecs.started_by,
-            "clientToken": client_token(job.deployment_id, request.attempt),
-            "overrides": {
-                "containerOverrides": [
-                    {
-                        "name": self.container_for(job.type),
-                        "environment": [{"name": k, "value": v} for k, v in sorted(environment.items())],
-                    }
-                ]
-            },
-            "tags": [{"key": k, "value": v[:MAX_TAG_VALUE_CHARS]} for k, v in tags.items()],
-            "enableECSManagedTags": True,
-            "propagateTags": "TASK_DEFINITION",
-        }
-        if self.capacity_provider_strategy:
-            params["capacityProviderStrategy"] = [dict(p) for p in self.capacity_provider_strategy]
-        else:
-            params["launchType"] = self.launch_type
-        awsvpc: dict[str, Any] = {
-            "subnets": list(self.ecs.subnets),
-            "securityGroups": list(self.ecs.security_groups),
-        }
-        if self.launch_type == "FARGATE":
-            awsvpc["assignPublicIp"] = "ENABLED" if self.ecs.assign_public_ip else "DISABLED"
-            params["networkConfiguration"] = {"awsvpcConfiguration": awsvpc}
-        else:
-            if self.ecs.ec2_awsvpc:
-                params["networkConfiguration"] = {"awsvpcConfiguration": awsvpc}
-            if self.placement_constraints:
-                params["placementConstraints"] = [dict(c) for c in self.placement_constraints]
-            if self.placement_strategy:
-                params["placementStrategy"] = [dict(s) for s in self.placement_strategy]
-        return params
+        return self.params.for_request(request)
 
     # --- Launcher protocol ----------------------------------------------------------------------
 

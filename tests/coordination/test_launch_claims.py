@@ -42,7 +42,8 @@ def test_a_different_job_under_a_claimed_key_conflicts_whoever_holds_it(
     assert b.claim_launch(KEY, "b", BUILD) == LaunchClaim("conflict", DEPLOY)
     assert a.claim_launch(KEY, "a", BUILD) == LaunchClaim("conflict", DEPLOY)
     # and the claim is untouched
-    assert client.get(f"{prefix}:adopt:{KEY}") == f"a {DEPLOY}".encode()
+    assert client.get(f"{prefix}:claim:{KEY}") == f"a {DEPLOY}".encode()
+    assert client.get(f"{prefix}:adopt:{KEY}") == f"a {DEPLOY}".encode(), "the legacy key too"
 
 
 def test_a_dead_holders_claim_is_taken_over_by_the_same_job_only(
@@ -71,7 +72,8 @@ def test_a_claim_written_without_an_identity_binds_nothing(
     # and the holder claiming again binds it
     assert a.claim_launch(KEY, "a", DEPLOY) == LaunchClaim("mine")
     assert b.claim_launch(KEY, "b", BUILD) == LaunchClaim("conflict", DEPLOY)
-    assert client.get(f"{prefix}:adopt:{KEY}") == f"a {DEPLOY}".encode()
+    assert client.get(f"{prefix}:claim:{KEY}") == f"a {DEPLOY}".encode()
+    assert client.get(f"{prefix}:adopt:{KEY}") == f"a {DEPLOY}".encode(), "the legacy key too"
 
 
 def test_release_gives_up_a_bound_claim_only_for_its_owner(registries: dict[str, InstanceRegistry]) -> None:

@@ -14,13 +14,10 @@ from botocore.exceptions import ClientError
 
 from orchestrator import metrics
 from orchestrator.buildlogs.awslogs import LogLocation
-from orchestrator.buildlogs.cloudwatch import (
-    MAX_STREAMS_PER_CALL,
-    CloudWatchSource,
-    format_cursor,
-    parse_cursor,
-)
+from orchestrator.buildlogs.cloudwatch import CloudWatchSource
 from orchestrator.buildlogs.cloudwatch_client import last_lines
+from orchestrator.buildlogs.cloudwatch_fetch import MAX_STREAMS_PER_CALL
+from orchestrator.buildlogs.cloudwatch_stream import format_cursor, parse_cursor
 from orchestrator.buildlogs.model import FollowedTask, RawLine
 from orchestrator.config import Config
 from orchestrator.launch.ecs import EcsLauncher

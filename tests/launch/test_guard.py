@@ -258,7 +258,8 @@ def test_a_task_found_by_its_tags_for_another_job_is_not_adopted_and_the_claim_i
 
     assert launcher.finds == 1
     assert len(launcher.launched) == 1
-    assert not client.exists(f"{prefix}:adopt:launch:dep-x:1"), "nothing was launched for the claim"
+    claim_keys = [f"{prefix}:claim:launch:dep-x:1", f"{prefix}:adopt:launch:dep-x:1"]
+    assert not client.exists(*claim_keys), "nothing was launched for the claim"
 
 
 # --- Redis down: the lookup by tags ---------------------------------------------------------------------
