@@ -266,20 +266,6 @@ class GlobalSlots:
                 return False
             return self._release_in_redis([deployment_id]) > 0
 
-    def release_all(self) -> int:
-        """Give back every slot this process holds, in one script call (for a drain).
-
-        Returns:
-            How many slots this process held. Redis down: they are forgotten and expire on their own.
-        """
-        with self._redis_lock:
-            with self._state_lock:
-                members = sorted(self._mine)
-                self._mine.clear()
-            if members:
-                self._release_in_redis(members)
-            return len(members)
-
     def _release_in_redis(self, members: list[str]) -> int:
         """Remove ``members`` owned by us; returns how many were held (all of them if Redis is down)."""
         try:
@@ -380,6 +366,6 @@ class GlobalSlots:
 
     def close(self) -> None:
         """Stop renewing. Leases still held are not released: they expire after ``lease_seconds``
-        (call :meth:`release_all` first for a clean drain). No Redis call, so Redis down changes nothing.
+        (the tasks holding them run on after a drain). No Redis call, so Redis down changes nothing.
         """
         self._renewer.stop()

@@ -37,13 +37,6 @@ class LocalSlots:
             self._holders.remove(deployment_id)
             return True
 
-    def release_all(self) -> int:
-        """Give back every slot; returns how many were held."""
-        with self._lock:
-            count = len(self._holders)
-            self._holders.clear()
-            return count
-
     def held(self) -> int:
         """How many slots are held."""
         with self._lock:

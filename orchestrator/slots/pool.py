@@ -25,10 +25,6 @@ class SlotPool(Protocol):
         """Give back ``deployment_id``'s slot; True if it was held, False if not (nothing freed)."""
         ...
 
-    def release_all(self) -> int:
-        """Give back every slot this process holds (drain); returns how many it held."""
-        ...
-
     def held(self) -> int:
         """How many slots this process holds."""
         ...
@@ -43,7 +39,8 @@ class SlotPool(Protocol):
         ...
 
     def close(self) -> None:
-        """Stop background work; slots still held are not given back (see :meth:`release_all`)."""
+        """Stop background work; slots still held are not given back: their tasks run on, and the
+        leases expire unless a process that adopts the tasks renews them."""
         ...
 
 
@@ -83,17 +80,6 @@ class CombinedSlots:
             local = self.local.release(deployment_id)
             global_ = self.global_slots.release(deployment_id)
             return local or global_
-
-    def release_all(self) -> int:
-        """Give back every slot (drain); returns how many deployments held one here.
-
-        Redis down: the global leases are left to expire (see :meth:`GlobalSlots.release_all`).
-        """
-        with self._lock:
-            held = self.local.holders() | self.global_slots.holders()
-            self.local.release_all()
-            self.global_slots.release_all()
-            return len(held)
 
     def held(self) -> int:
         """How many deployments hold a slot in this process (no Redis call)."""

@@ -255,19 +255,6 @@ def test_a_shorter_lease_does_not_cut_anothers_lease_short(
     assert client.pttl(f"{prefix}:slots") > 5000
 
 
-def test_release_all_frees_every_slot_in_one_go(
-    pools: list[GlobalSlots], client: RedisClient, prefix: str
-) -> None:
-    pool = new_pool(pools, client, prefix, "proc-a", limit=3, lease=10)
-    other = new_pool(pools, client, prefix, "proc-b", limit=3, lease=10)
-    for name in ("d1", "d2"):
-        assert pool.try_acquire(name)
-    assert other.try_acquire("theirs")
-    assert pool.release_all() == 2
-    assert pool.held() == 0
-    assert pool.global_holders() == {"theirs": "proc-b"}
-
-
 # --- Redis unreachable ----------------------------------------------------------------------------
 
 

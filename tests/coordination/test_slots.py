@@ -68,15 +68,6 @@ def test_local_double_release_returns_false_and_frees_nothing() -> None:
     assert not slots.try_acquire("d4"), "the double release must not have made room for a third"
 
 
-def test_local_release_all_frees_every_slot() -> None:
-    slots = LocalSlots(2)
-    slots.try_acquire("d1")
-    slots.try_acquire("d2")
-    assert slots.release_all() == 2
-    assert slots.held() == 0
-    assert slots.try_acquire("d3")
-
-
 @pytest.mark.parametrize("limit", [0, -1])
 def test_local_limit_must_be_positive(limit: int) -> None:
     with pytest.raises(ValueError, match="limit"):
@@ -159,20 +150,6 @@ def test_combined_local_limit_refuses_before_asking_redis(client: RedisClient, p
         global_slots.close()
 
 
-@pytest.mark.services
-def test_combined_release_all_gives_back_both(client: RedisClient, prefix: str) -> None:
-    global_slots = GlobalSlots(client, prefix, "proc-a", 10, 5)
-    try:
-        combined = CombinedSlots(LocalSlots(5), global_slots)
-        for name in ("d1", "d2", "d3"):
-            assert combined.try_acquire(name)
-        assert combined.release_all() == 3
-        assert combined.held() == 0
-        assert global_slots.global_holders() == {}
-    finally:
-        combined.close()
-
-
 # --- make_slot_pool -------------------------------------------------------------------------------
 
 
@@ -216,7 +193,6 @@ def test_factory_with_a_global_limit_combines_both(client: RedisClient, prefix: 
         assert not pool.try_acquire("d3")
         assert client.zcard(f"{prefix}:slots") == 2
     finally:
-        pool.release_all()
         pool.close()
 
 
