@@ -6,7 +6,8 @@ publish, sent once the task's build log is complete (:class:`~orchestrator.attem
 Only when the broker confirmed it (:class:`~orchestrator.attempt_events.OutcomeDurable`) is the
 attempt marked done in Redis and its task forgotten by its launcher. A change of a task another
 process adopted or finished while this one lagged is left to that process. Plain logic, run on the
-TimeoutMonitor's thread; what blocks goes to ``background``.
+TimeoutMonitor's thread; the best-effort calls that may take long (the done markers, a launcher
+forgetting a task) go to ``background``.
 """
 
 from __future__ import annotations
