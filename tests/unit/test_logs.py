@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 import actors.publisher as publisher_module
-from actors.dispatcher import _log_decision
 from actors.publisher import PublisherActor
 from actors.validator import ValidatorActor
 from orchestrator.commands import Incoming, Publish
 from orchestrator.config import Config, load_config
 from orchestrator.delivery import Delivery
 from orchestrator.events import make_event
+from orchestrator.launch_results import _log_decision
 from orchestrator.lifecycle import Finish, RetryLater
 from orchestrator.logs import (
     FAILURE,
@@ -316,7 +316,7 @@ def test_a_launch_given_up_is_an_error_and_a_retry_a_warning_each_with_the_job_f
         3,
         Finish(status="failed", attempt=3, reason="access denied", given_up="not retried (permanent error)"),
     )
-    retry, failure = lines_of(caplog, "actors.dispatcher")
+    retry, failure = lines_of(caplog, "orchestrator.launch_results")
     assert (retry.levelno, getattr(retry, "emoji", None)) == (logging.WARNING, WARNING)
     assert (failure.levelno, getattr(failure, "emoji", None)) == (logging.ERROR, FAILURE)
     assert {k: json_of(retry)[k] for k in ("deploymentId", "attempt", "type")} == {
