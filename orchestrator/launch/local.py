@@ -263,7 +263,8 @@ class LocalLauncher:
         while the child execs and ``posix_spawn`` holds it (measured: half of the interpreter's time
         at 170 launches/s went to ``posix_spawn`` blocking every other thread).
         """
-        with open(log_path, "ab") as output:
+        output = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        try:
             return subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -272,6 +273,8 @@ class LocalLauncher:
                 env=env,
                 start_new_session=True,
             )
+        finally:
+            os.close(output)
 
     def find(self, deployment_id: str, attempt: int) -> TaskHandle | None:
         """The task launched for (``deployment_id``, ``attempt``) whose record is still on disk."""

@@ -54,6 +54,7 @@ __all__ = [
     "file_id_of",
     "parse_task_file",
     "pid_line",
+    "read_small",
     "record_bytes",
 ]
 
@@ -129,6 +130,32 @@ def parse_task_file(data: bytes) -> TaskFile:
             elif word == b"exit" and value.lstrip(b"-").isdigit():
                 exit_code = int(value)
     return TaskFile(record=record, exit_code=exit_code)
+
+
+#: What :func:`read_small` asks for per read; a shorter read is the end of the file.
+_SMALL_READ: Final = 64 * 1024
+
+
+def read_small(path: str | Path) -> bytes:
+    """The whole of a small file (a task file, ``/proc/<pid>/stat``) in three system calls.
+
+    ``Path.read_bytes`` also stats the file, asks whether it is a terminal and seeks: calls that each
+    let go of the GIL and take it back, on a path run several times per job.
+
+    Raises:
+        OSError: as ``open`` would (FileNotFoundError when there is no such file).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _SMALL_READ)
+        if len(data) < _SMALL_READ:
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, _SMALL_READ):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def append_line(path: Path, line: bytes) -> bool:

@@ -6,8 +6,9 @@ since boot) tells them apart, so a reused pid is never mistaken for the task (Li
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Final
+
+from orchestrator.launch.local_files import read_small
 
 __all__ = ["ENDED_PROC_STATES", "STAT_START_TIME_INDEX", "process_start_time"]
 
@@ -21,7 +22,7 @@ STAT_START_TIME_INDEX: Final = 19
 def process_start_time(pid: int) -> int | None:
     """The start time of live process ``pid`` (clock ticks since boot); None if gone or a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = read_small(f"/proc/{pid}/stat").decode("utf-8", "replace")
     except OSError:
         return None
     after_name = stat[stat.rfind(")") + 2 :].split()
@@ -36,7 +37,7 @@ def process_start_time(pid: int) -> int | None:
 def _start_time_of_child(pid: int) -> int | None:
     """The start time of a child we just started; read even if it already ended (still a zombie)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = read_small(f"/proc/{pid}/stat").decode("utf-8", "replace")
     except OSError:
         return None
     try:

@@ -28,6 +28,7 @@ from orchestrator.launch.local_files import (
     append_line,
     file_id_of,
     parse_task_file,
+    read_small,
     record_bytes,
 )
 from orchestrator.launch.local_process import process_start_time
@@ -104,7 +105,7 @@ class TaskStore:
     def read(self, file_id: str) -> TaskFile | None:
         """The task file, or None when there is none (or it cannot be read: logged)."""
         try:
-            return parse_task_file(self.path(file_id).read_bytes())
+            return parse_task_file(read_small(self.path(file_id)))
         except FileNotFoundError:
             return None
         except (OSError, msgspec.DecodeError) as e:
@@ -123,14 +124,14 @@ class TaskStore:
         if task is not None and task.exit_code is not None:
             return task.exit_code
         try:
-            return int(self.path(file_id, EXIT_SUFFIX).read_text().strip())
+            return int(read_small(self.path(file_id, EXIT_SUFFIX)).strip())
         except (OSError, ValueError):
             return None
 
     def stop_record(self, file_id: str) -> StopRecord | None:
         """Why the task was asked to stop, if it was."""
         try:
-            return _STOP_DECODER.decode(self.path(file_id, STOP_SUFFIX).read_bytes())
+            return _STOP_DECODER.decode(read_small(self.path(file_id, STOP_SUFFIX)))
         except (OSError, msgspec.DecodeError):
             return None
 
