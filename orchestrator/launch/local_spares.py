@@ -16,9 +16,10 @@ How, keeping a task file's promises (it appears with its whole record, synced; n
   leaves a file with two names, which is never truncated), truncates it, writes and syncs the
   record, and links it under the task file's name (``link`` fails if that name exists: the exclusive
   create), then drops the spare name. Without a spare it writes a fresh temporary file the same way.
-- At start, a launcher adopts the spares it finds (a dead process's, or another live process's on the
-  same host: a rename succeeds for one of them only, so no spare is ever used by two processes; a
-  process whose spare was adopted from under it falls back to a fresh file).
+- At start, a launcher adopts the spares that dead processes left (by a rename, so only one process
+  gets each). A live process's spares are left alone: it may be writing one of them at that moment,
+  and two processes must never write one inode. (A spare name gone from under its owner, removed by
+  hand say, makes the owner write a fresh file.)
 
 Everything here is best effort: any error with a spare falls back to creating (or deleting) a file.
 """
@@ -69,13 +70,15 @@ class SpareFiles:
         return self.directory / f"{self._token}-{next(self._counter)}"
 
     def _adopt(self) -> None:
-        """Take over the spares found in the directory (each by a rename, so only one process gets it)."""
+        """Take over the spares of dead processes found in the directory (each by a rename)."""
         with os.scandir(self.directory) as entries:
-            found = [entry.path for entry in entries if entry.is_file(follow_symlinks=False)]
-        for path in found:
+            found = [entry for entry in entries if entry.is_file(follow_symlinks=False)]
+        for entry in found:
+            if _owner_lives(entry.name):
+                continue  # a live process's: it may be writing one of them right now
             mine = self._name()
             try:
-                os.rename(path, mine)
+                os.rename(entry.path, mine)
             except OSError:
                 continue  # another process took it first
             if len(self._spares) < self.limit:
@@ -136,12 +139,17 @@ class SpareFiles:
         The file appears whole: the data is written and synced under another name first.
         """
         taken = self._take()
-        spare: Path | None = None
         if taken is None:
-            fd, source = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        else:
-            fd, spare = taken
-            source = os.fspath(spare)
+            return self._write_fresh(path, data)
+        fd, spare = taken
+        return self._write(fd, os.fspath(spare), path, data, spare)
+
+    def _write_fresh(self, path: Path, data: bytes) -> bool:
+        fd, source = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        return self._write(fd, source, path, data, None)
+
+    def _write(self, fd: int, source: str, path: Path, data: bytes, spare: Path | None) -> bool:
+        """Write ``data`` through ``fd`` (the file named ``source``), sync it, link it as ``path``."""
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -149,6 +157,11 @@ class SpareFiles:
                 os.fsync(f.fileno())
             try:
                 os.link(source, path)
+            except FileNotFoundError:
+                if spare is None:
+                    raise
+                source = ""  # the spare's name is gone (removed by hand?): write a fresh file instead
+                return self._write_fresh(path, data)
             except FileExistsError:
                 if spare is not None:
                     with self._lock:
@@ -160,3 +173,24 @@ class SpareFiles:
             if source:
                 with contextlib.suppress(OSError):
                     os.unlink(source)
+
+
+def _owner_lives(name: str) -> bool:
+    """Whether the process a spare's name (``<pid>.<token>-<n>``) belongs to may still be running.
+
+    This process's own pid counts as dead: a spare under it from another token is a previous
+    process's that had the same pid (pid 1 in a container, say). A name of another shape is nobody's.
+    """
+    pid_text, dot, _ = name.partition(".")
+    if not dot or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's): leave it
+    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from orchestrator.launch.local_spares import SpareFiles
@@ -96,3 +97,35 @@ def test_beyond_the_limit_ended_files_are_deleted(tmp_path: Path) -> None:
     assert len(list((tmp_path / "spare").iterdir())) == 2
     assert not (tmp_path / "c.json").exists()
     assert not spares.recycle(tmp_path / "never-existed.json")
+
+
+def test_only_the_spares_of_dead_processes_are_adopted(tmp_path: Path) -> None:
+    spare_dir = tmp_path / "spare"
+    spare_dir.mkdir()
+    live = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        write(spare_dir / f"{live.pid}.aaaa-0", b"x\n")
+        write(spare_dir / f"{dead.pid}.bbbb-0", b"x\n")
+
+        spares = SpareFiles(spare_dir)
+
+        assert len(spares) == 1, "a live process's spare was taken, or a dead one's left"
+        assert (spare_dir / f"{live.pid}.aaaa-0").exists()
+        assert not (spare_dir / f"{dead.pid}.bbbb-0").exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_spare_removed_from_under_its_owner_gives_way_to_a_fresh_file(tmp_path: Path) -> None:
+    spares = SpareFiles(tmp_path / "spare")
+    spares.recycle(write(tmp_path / "a.json", b"x\n"))
+    for path in (tmp_path / "spare").iterdir():
+        path.unlink()
+
+    assert spares.write_new(tmp_path / "b.json", b"new\n")
+
+    assert (tmp_path / "b.json").read_bytes() == b"new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "spare"]
