@@ -48,10 +48,8 @@ from orchestrator.launch.local_env import (
 )
 from orchestrator.launch.local_files import (
     StopRecord,
-    TaskFile,
     TaskRecord,
     exit_line,
-    failure_note,
     file_id_of,
     pid_line,
 )
@@ -63,7 +61,6 @@ from orchestrator.launch.local_task import SIGNAL_EXIT_BASE, WRAPPER_NAME, WRAPP
 from orchestrator.launch.local_watch import ExitWatcher
 from orchestrator.logs import PROGRESS, SUCCESS, WARNING, task_fields
 from orchestrator.messages import JOB_DECODER, SourceJob
-from orchestrator.redaction import redact_text
 
 __all__ = ["DEFAULT_SHELL", "LocalLauncher"]
 
@@ -166,7 +163,7 @@ class LocalLauncher:
         for file_id in file_ids:
             task = self.store.read(file_id)  # read once: the process is gone, nothing more will come
             if task is not None:
-                states.append(self._judge(handle_of(task.record), file_id, task))
+                states.append(self.store.judge(handle_of(task.record), file_id, task))
         if states and on_ends is not None:
             on_ends(states)
 
@@ -298,34 +295,7 @@ class LocalLauncher:
         if alive(task.record):
             self._watch(task.record)
             return TaskState(handle=handle, phase="running")
-        return self._judge(handle, file_id, self.store.read(file_id) or task)
-
-    def _judge(self, handle: TaskHandle, file_id: str, task: TaskFile) -> TaskState:
-        """The state of a task whose process is gone, from its task file as last read."""
-        record = task.record
-        exit_code = self.store.exit_code(file_id, task)
-        stop = self.store.stop_record(file_id)
-        stop_reason = None if stop is None else redact_text(f"stopped: {stop.reason}")
-        if exit_code is not None:
-            if exit_code != 0 and stop_reason is None:
-                # (a failure's reason says where its output is, and quotes its end)
-                reason = redact_text(f"exit code {exit_code}; {failure_note(self.log_path(handle))}")
-                return TaskState(handle=handle, phase="stopped", exit_code=exit_code, reason=reason)
-            return TaskState(handle=handle, phase="stopped", exit_code=exit_code, reason=stop_reason)
-        if stop is not None:
-            return TaskState(
-                handle=handle,
-                phase="stopped",
-                reason=f"{stop_reason}; killed before it recorded an exit status",
-            )
-        if record.pid is None:
-            reason = "the launch was interrupted before the process was recorded"
-        else:
-            reason = redact_text(
-                f"process {record.pid} ended without recording an exit status (killed, or its host "
-                f"restarted); {failure_note(self.log_path(handle))}"
-            )
-        return TaskState(handle=handle, phase="missing", reason=reason)
+        return self.store.judge(handle, file_id, self.store.read(file_id) or task)
 
     def stop(self, handle: TaskHandle, reason: str) -> None:
         """SIGTERM to the task's process group now, SIGKILL after ``local.stop_grace_seconds``.

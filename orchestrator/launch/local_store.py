@@ -1,4 +1,5 @@
-"""The task files of one ``local.state_dir``: where they are, reading them, creating and removing them.
+"""The task files of one ``local.state_dir``: where they are, reading them (and judging from them how a
+task whose process is gone ended), creating and removing them.
 
 The layout and the line format are :mod:`~orchestrator.launch.local_files`'; this is the one object the
 local launcher reads and writes them through (ended task files are kept as spares for later tasks:
@@ -14,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from orchestrator.errors import ConfigError
-from orchestrator.launch.base import TaskHandle
+from orchestrator.launch.base import TaskHandle, TaskState
 from orchestrator.launch.local_files import (
     _STOP_DECODER,
     LOG_SUFFIX,
@@ -26,6 +27,7 @@ from orchestrator.launch.local_files import (
     TaskRecord,
     _write_atomically,
     append_line,
+    failure_note,
     file_id_of,
     parse_task_file,
     read_small,
@@ -35,6 +37,7 @@ from orchestrator.launch.local_process import process_start_time
 from orchestrator.launch.local_spares import SPARE_DIR, SpareFiles
 from orchestrator.launch.local_task import EXIT_SUFFIX, TASKS_DIR
 from orchestrator.logs import WARNING, emoji
+from orchestrator.redaction import redact_text
 
 __all__ = ["TaskStore", "alive", "handle_of"]
 
@@ -134,6 +137,33 @@ class TaskStore:
             return _STOP_DECODER.decode(read_small(self.path(file_id, STOP_SUFFIX)))
         except (OSError, msgspec.DecodeError):
             return None
+
+    def judge(self, handle: TaskHandle, file_id: str, task: TaskFile) -> TaskState:
+        """The state of a task whose process is gone, from its task file as last read."""
+        record = task.record
+        exit_code = self.exit_code(file_id, task)
+        stop = self.stop_record(file_id)
+        stop_reason = None if stop is None else redact_text(f"stopped: {stop.reason}")
+        if exit_code is not None:
+            if exit_code != 0 and stop_reason is None:
+                # (a failure's reason says where its output is, and quotes its end)
+                reason = redact_text(f"exit code {exit_code}; {failure_note(self.log_path_of(handle))}")
+                return TaskState(handle=handle, phase="stopped", exit_code=exit_code, reason=reason)
+            return TaskState(handle=handle, phase="stopped", exit_code=exit_code, reason=stop_reason)
+        if stop is not None:
+            return TaskState(
+                handle=handle,
+                phase="stopped",
+                reason=f"{stop_reason}; killed before it recorded an exit status",
+            )
+        if record.pid is None:
+            reason = "the launch was interrupted before the process was recorded"
+        else:
+            reason = redact_text(
+                f"process {record.pid} ended without recording an exit status (killed, or its host "
+                f"restarted); {failure_note(self.log_path_of(handle))}"
+            )
+        return TaskState(handle=handle, phase="missing", reason=reason)
 
     def records(self) -> Iterator[TaskRecord]:
         """Every readable task record in ``tasks/`` (of any process on this host), by file name."""
