@@ -303,12 +303,13 @@ class LocalLauncher:
         Returns at once (the SIGKILL is a timer). ``reason`` is recorded and reported by :meth:`describe`.
         """
         file_id = file_id_of(handle.deployment_id, handle.attempt)
-        record = self.store.record(file_id)
-        if record is None:
+        task = self.store.read(file_id)
+        if task is None:
             log.warning("stop: no local task %s", handle.task_id, extra=task_fields(handle, WARNING))
             return
-        if self.store.exit_code(file_id) is not None:
+        if self.store.exit_code(file_id, task) is not None:
             return  # it ended on its own: the stop did not cause that
+        record = task.record
         self.store.write_stop(file_id, StopRecord(reason=reason, at=time.time()))
         if not alive(record) or record.pid is None:
             return

@@ -31,10 +31,11 @@ import contextlib
 import itertools
 import os
 import secrets
-import tempfile
 import threading
 from pathlib import Path
 from typing import Final
+
+from orchestrator.launch.local_files import _write_atomically
 
 __all__ = ["MAX_SPARES", "SPARE_DIR", "SpareFiles"]
 
@@ -136,43 +137,34 @@ class SpareFiles:
     def write_new(self, path: Path, data: bytes) -> bool:
         """Create ``path`` holding ``data``, synced, only if it does not exist yet (False then).
 
-        The file appears whole: the data is written and synced under another name first.
+        The file appears whole: the data is written and synced under another name first (a spare's,
+        or without one a fresh temporary file's: :func:`~.local_files._write_atomically`).
         """
         taken = self._take()
         if taken is None:
-            return self._write_fresh(path, data)
+            return _write_atomically(path, data, exclusive=True)
         fd, spare = taken
-        return self._write(fd, os.fspath(spare), path, data, spare)
-
-    def _write_fresh(self, path: Path, data: bytes) -> bool:
-        fd, source = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        return self._write(fd, source, path, data, None)
-
-    def _write(self, fd: int, source: str, path: Path, data: bytes, spare: Path | None) -> bool:
-        """Write ``data`` through ``fd`` (the file named ``source``), sync it, link it as ``path``."""
+        still_spare = False
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             try:
-                os.link(source, path)
-            except FileNotFoundError:
-                if spare is None:
-                    raise
-                source = ""  # the spare's name is gone (removed by hand?): write a fresh file instead
-                return self._write_fresh(path, data)
+                os.link(spare, path)
+            except FileNotFoundError:  # the spare's name is gone (removed by hand?): a fresh file then
+                return _write_atomically(path, data, exclusive=True)
             except FileExistsError:
-                if spare is not None:
-                    with self._lock:
-                        self._spares.appendleft(spare)  # still only a spare: linked nowhere
-                    source = ""
+                still_spare = True  # linked nowhere: it stays a spare
                 return False
             return True
         finally:
-            if source:
+            if still_spare:
+                with self._lock:
+                    self._spares.appendleft(spare)
+            else:
                 with contextlib.suppress(OSError):
-                    os.unlink(source)
+                    os.unlink(spare)
 
 
 def _owner_lives(name: str) -> bool:
