@@ -34,6 +34,7 @@ for _extra in (ROOT / "scripts", ROOT / "tests", ROOT):
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
+import contextlib  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -41,6 +42,7 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
 import pika  # noqa: E402
 from bench_pipeline import percentile  # noqa: E402
@@ -89,6 +91,16 @@ def broker_pids() -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def broker_cpu(pids: Sequence[int] | None = None) -> float:
+    """CPU-seconds the broker processes ``pids`` (default: every ``beam.smp`` now) have used so far;
+    a process gone meanwhile counts for nothing."""
+    total = 0.0
+    for pid in broker_pids() if pids is None else pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
 
 
 class HealthProbe:
@@ -190,7 +202,7 @@ def run_orchestrator(config: Config, messages: list[Hostile], workdir: Path) -> 
             with HealthProbe(process.port) as busy_probe:
                 cpu_before = cpu_seconds(pid)
                 brokers = broker_pids()
-                broker_before = sum(cpu_seconds(b) for b in brokers)
+                broker_before = broker_cpu(brokers)
                 machine_before = machine_busy_seconds()
                 start = time.perf_counter()
                 published: list[float] = []
@@ -211,7 +223,7 @@ def run_orchestrator(config: Config, messages: list[Hostile], workdir: Path) -> 
                     time.sleep(0.02)
                 elapsed = time.perf_counter() - start
                 cpu = cpu_seconds(pid) - cpu_before
-                broker_cpu = sum(cpu_seconds(b) for b in brokers) - broker_before
+                broker_seconds = broker_cpu(brokers) - broker_before
                 machine_cpu = machine_busy_seconds() - machine_before
                 publisher.join(timeout=60)
             time.sleep(1.0)
@@ -222,7 +234,7 @@ def run_orchestrator(config: Config, messages: list[Hostile], workdir: Path) -> 
             "rate": len(messages) / elapsed,
             "elapsed": elapsed,
             "cpu": cpu,
-            "broker_cpu": broker_cpu,
+            "broker_cpu": broker_seconds,
             "machine_cpu": machine_cpu,
             "published": published[0] if published else float("nan"),
             "idle": idle_probe,

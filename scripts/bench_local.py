@@ -92,7 +92,7 @@ from typing import IO, Any, Final, TypeAlias  # noqa: E402
 import pika  # noqa: E402
 import pika.exceptions  # noqa: E402
 import redis  # noqa: E402
-from bench_hostile import broker_pids, cpu_seconds  # noqa: E402
+from bench_hostile import broker_cpu  # noqa: E402
 from bench_peers import (  # noqa: E402
     DEFAULT_URL,
     MissingDependencyError,
@@ -190,15 +190,6 @@ class ProcCpu:
         # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14..17.
         utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
         return cls(own=(utime + stime) / CLOCK_TICKS, children=(cutime + cstime) / CLOCK_TICKS)
-
-
-def broker_cpu() -> float:
-    """CPU-seconds RabbitMQ (every ``beam.smp`` of this machine) has used so far."""
-    total = 0.0
-    for pid in broker_pids():
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(pid)
-    return total
 
 
 @dataclass
