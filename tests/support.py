@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -101,9 +103,45 @@ def unique(prefix: str) -> str:
     return f"t.{RUN_ID}.{next(_counter)}.{prefix}"
 
 
+#: Where :func:`free_port` looks first: above the ports of the services a machine of this kind runs
+#: (RabbitMQ's 5672 and 25672, Redis's 6379) and below Linux's default ephemeral range.
+_PORTS_BELOW_EPHEMERAL_FROM: int = 30000
+_ports_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
+def _ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel gives to ``bind(0)`` and to outgoing connections."""
+    try:
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
 def free_port() -> int:
-    """A local TCP port nothing listens on right now (connections to it are refused)."""
-    with socket.socket() as probe:
+    """A local TCP port nothing listens on right now (connections to it are refused).
+
+    The port is outside the kernel's ephemeral range, so that a service a scenario stops and starts
+    again gets its port back. A port from ``bind(0)`` is ephemeral: while the service is down the
+    kernel may give it to an outgoing connection of any process on the machine, and the restart then
+    fails with ``eaddrinuse`` (it happened in CI to a RabbitMQ node's restart).
+    """
+    low, high = _ephemeral_port_range()
+    candidates: list[int] = [*range(_PORTS_BELOW_EPHEMERAL_FROM, low), *range(high + 1, 65536)]
+    random.shuffle(candidates)
+    with _port_lock:
+        for port in candidates:
+            if port in _ports_handed_out:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _ports_handed_out.add(port)
+            return port
+    with socket.socket() as probe:  # an ephemeral range that leaves no room outside it
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 

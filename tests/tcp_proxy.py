@@ -8,6 +8,8 @@ import socket
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
+from support import free_port
+
 
 class TcpProxy:
     """A local TCP proxy to a real service that a test can take down and bring back.
@@ -19,10 +21,7 @@ class TcpProxy:
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()  # outside the ephemeral range: start() after stop() gets it back
         self._listener: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
