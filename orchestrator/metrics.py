@@ -92,7 +92,9 @@ JOBS_DISPATCHED: Final = Counter(
     "orchestrator_jobs_dispatched_total", "Worker tasks launched (or adopted), by launcher.", ["launcher"]
 )
 JOBS_FINISHED: Final = Counter(
-    "orchestrator_jobs_finished_total", "Jobs that reached their terminal state, by outcome.", ["outcome"]
+    "orchestrator_jobs_finished_total",
+    "Jobs that reached their terminal state, by outcome (timed_out: failed after a timeout).",
+    ["outcome"],
 )
 DISPATCH_LATENCY: Final = Histogram(
     "orchestrator_dispatch_latency_seconds",

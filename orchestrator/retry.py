@@ -206,12 +206,15 @@ def publish_decision(
                 exit_code=decision.exit_code,
                 reason=decision.reason,
             )
+            # A job whose last attempt timed out ends ``failed``; the metric tells it apart.
+            timed_out = decision.status == "failed" and decision.reason_class == "timed_out"
+            finished = "timed_out" if timed_out else decision.status
             if job is None or not decision.dead_letter:
-                return Publish(events=(event,), ack=ack, finished=decision.status)
+                return Publish(events=(event,), ack=ack, finished=finished)
             message = dead_letter(
                 broker, encode(job), decision.reason or decision.status, decision.reason_class, attempt
             )
-            return Publish(messages=(message,), events=(event,), ack=ack, finished=decision.status)
+            return Publish(messages=(message,), events=(event,), ack=ack, finished=finished)
 
 
 def note_pending_retry(

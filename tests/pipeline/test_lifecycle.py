@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import msgspec
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from support import holds_throughout, wait_until, with_overrides
 
 from orchestrator.broker.headers import ATTEMPT_HEADER, ATTEMPT_SIGNATURE_HEADER, SCHEDULED_AT_HEADER
@@ -71,14 +72,23 @@ def test_outcomes_give_the_right_events_in_order(
         assert_seq_increases(events.events("end-1"))
 
 
+def finished_count(outcome: str) -> float:
+    return REGISTRY.get_sample_value("orchestrator_jobs_finished_total", {"outcome": outcome}) or 0.0
+
+
 def test_start_timeout_stops_the_task_retries_and_finally_dead_letters(pipeline_config: Config) -> None:
     config = with_overrides(pipeline_config, limits__max_attempts=2, limits__start_timeout_seconds=1)
     launcher = InstantLauncher(pending_seconds=3600)
+    timed_out_before = finished_count("timed_out")
     with running_pipeline(config, launcher), EventCollector(config) as events:
         publish(config, build_job("slow-start"))
         final = events.wait_terminal("slow-start", timeout=30)
         statuses = events.statuses("slow-start")
         assert_seq_increases(events.events("slow-start"))
+        wait_until(
+            lambda: finished_count("timed_out") == timed_out_before + 1,
+            what="jobs_finished_total{outcome=timed_out} counted once the failed event is confirmed",
+        )
     assert statuses == ["dispatched", "timed_out", "retrying", "dispatched", "timed_out", "failed"]
     assert final.attempt == 2 and final.reason == "not RUNNING within the start timeout"
     assert set(launcher.stopped.values()) == {"not RUNNING within the start timeout"}

@@ -83,6 +83,34 @@ def test_a_failure_that_gives_up_dead_letters_the_job_with_its_last_reason() -> 
     assert (event.status, event.exit_code, event.terminal) == ("failed", 2, True)
 
 
+@pytest.mark.parametrize(
+    ("status", "reason_class", "counted_as"),
+    [
+        ("failed", "timed_out", "timed_out"),
+        ("failed", "failed", "failed"),
+        ("succeeded", None, "succeeded"),
+        ("stopped", None, "stopped"),
+    ],
+)
+def test_a_job_whose_last_attempt_timed_out_is_counted_as_timed_out_though_its_event_says_failed(
+    status: str, reason_class: str | None, counted_as: str
+) -> None:
+    config = load_config(environ={})
+    finish = Finish(status=status, attempt=3, reason="start timeout", reason_class=reason_class)  # type: ignore[arg-type]
+    publish = publish_decision(
+        finish,
+        broker=config.broker,
+        deployment_id=JOB.deployment_id,
+        job_type=JOB.type,
+        job=JOB,
+        attempt=3,
+        signer=attempt_signer(config),
+    )
+    [event] = publish.events
+    assert event.status == status
+    assert publish.finished == counted_as
+
+
 def test_a_retry_of_the_same_attempt_has_no_event_and_an_unknown_job_cannot_be_retried() -> None:
     config = load_config(environ={})
     same = RetryLater(next_attempt=1, delay_seconds=10, reason="launch failed (throttled)", announce=False)
