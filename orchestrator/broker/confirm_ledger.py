@@ -55,6 +55,9 @@ class ConfirmLedger:
         self._max_pending = max_pending
         self._waiting: collections.deque[PendingMessage] = collections.deque()
         self._inflight: dict[int, PendingMessage] = {}
+        #: In-flight tags the broker nacked: they wait for the channel's end to be sent again, and a
+        #: later ack with ``multiple`` does not cover them (RabbitMQ's covers only unconfirmed tags).
+        self._nacked: set[int] = set()
         self._by_message_id: dict[str, collections.deque[PendingMessage]] = {}
         self._next_tag = 1
 
@@ -106,15 +109,24 @@ class ConfirmLedger:
         return False
 
     def acked(self, tag: int, multiple: bool) -> list[PendingMessage]:
-        """The broker confirmed ``tag`` (and every lower tag when ``multiple``): those are done."""
-        done = [self._inflight.pop(t) for t in self._tags_upto(tag, multiple)]
+        """The broker confirmed ``tag`` (and every lower tag when ``multiple``): those are done.
+
+        A tag nacked before is not: the broker's ``multiple`` covers only the tags it had not settled.
+        """
+        done = [self._inflight.pop(t) for t in self._tags_upto(tag, multiple) if t not in self._nacked]
         for message in done:
             self._forget_id(message)
         return done
 
     def nacked(self, tag: int, multiple: bool) -> list[PendingMessage]:
-        """The broker could not take ``tag`` (and lower, when ``multiple``): they stay, to be resent."""
-        return [self._inflight[t] for t in self._tags_upto(tag, multiple)]
+        """The broker could not take ``tag`` (and lower, when ``multiple``): they stay, to be resent.
+
+        Returns:
+            the messages nacked now (not those nacked before).
+        """
+        tags = [t for t in self._tags_upto(tag, multiple) if t not in self._nacked]
+        self._nacked.update(tags)
+        return [self._inflight[t] for t in tags]
 
     def channel_lost(self) -> int:
         """The channel is gone: everything in flight waits again, all in first-published order.
@@ -127,6 +139,7 @@ class ConfirmLedger:
         for message in merged:
             message.returned = None
         self._inflight.clear()
+        self._nacked.clear()
         self._by_message_id.clear()
         self._waiting = collections.deque(merged)
         self._next_tag = 1
@@ -140,6 +153,7 @@ class ConfirmLedger:
         )
         if doomed:
             self._inflight = {t: m for t, m in self._inflight.items() if m.exchange != exchange}
+            self._nacked &= self._inflight.keys()
             self._waiting = collections.deque(m for m in self._waiting if m.exchange != exchange)
             for message in doomed:
                 self._forget_id(message)
@@ -149,6 +163,7 @@ class ConfirmLedger:
         """Remove and return everything pending, oldest first (the publisher is closing)."""
         everything = sorted([*self._inflight.values(), *self._waiting], key=lambda m: m.seq)
         self._inflight.clear()
+        self._nacked.clear()
         self._waiting.clear()
         self._by_message_id.clear()
         return everything

@@ -84,7 +84,10 @@ class PublisherIO:
         self._stopping = False
         self._retry_timer: Any = None
         self._declaring: Step | None = None
+        #: Set from a broker nack until an ack on a later channel: the backoff is not reset meanwhile.
         self._resetting_after_nack = False
+        #: The channel being closed because the broker nacked on it (its end resends the unconfirmed).
+        self._closing_for_nack: Any = None
 
     def _run(self) -> None:
         try:
@@ -153,6 +156,7 @@ class PublisherIO:
         with self._lock:
             resent = self._ledger.channel_lost()
         self._channel = None
+        self._closing_for_nack = None
         self._ready = False
         log.warning(
             "publisher %s: broker unavailable (%s); %d unconfirmed messages will be sent again",
@@ -259,10 +263,11 @@ class PublisherIO:
         step, self._declaring = self._declaring, None
         if self._stopping or self._connection is None or not self._connection.is_open:
             return  # the connection's close callback takes it from here
-        if self._resetting_after_nack and isinstance(reason, pika.exceptions.ChannelClosedByClient):
+        if channel is self._closing_for_nack and isinstance(reason, pika.exceptions.ChannelClosedByClient):
             with self._lock:
                 self._ledger.channel_lost()
             self._channel = None
+            self._closing_for_nack = None
             self._ready = False
             self._retry_later("sending the unconfirmed messages again", self._open_channel)
             return
@@ -337,12 +342,14 @@ class PublisherIO:
             )
             if self._channel is not None and self._channel.is_open:
                 self._resetting_after_nack = True
+                self._closing_for_nack = self._channel
                 self._channel.close()
             return
         with self._confirmed:
             done = self._ledger.acked(method.delivery_tag, method.multiple)
             self._confirmed.notify_all()
-        self._resetting_after_nack = False
+        if self._closing_for_nack is None:  # an ack on the channel being closed says nothing of the next
+            self._resetting_after_nack = False
         for message in done:
             if message.returned is None:
                 self._call(message.on_confirm, True, "")
