@@ -34,12 +34,18 @@ from orchestrator.coordination.client import (
 )
 from orchestrator.coordination.instances import InstanceRegistry, instance_id
 from orchestrator.coordination.markers import DoneMarkers, PendingRetries, StopMarkers, attempt_done_key
-from orchestrator.coordination.periodic import RENEWALS_PER_LEASE, THREAD_JOIN_SECONDS, Periodic
+from orchestrator.coordination.periodic import (
+    RENEWALS_PER_LEASE,
+    STALL_FRACTION,
+    THREAD_JOIN_SECONDS,
+    Periodic,
+)
 
 __all__ = [
     "DEFAULT_ADOPT_CLAIM_SECONDS",
     "REDIS_RETRIES",
     "RENEWALS_PER_LEASE",
+    "STALL_FRACTION",
     "THREAD_JOIN_SECONDS",
     "Claim",
     "Claims",

@@ -36,7 +36,7 @@ from orchestrator.coordination.client import (
     reply_text,
 )
 from orchestrator.coordination.markers import DoneMarkers
-from orchestrator.coordination.periodic import RENEWALS_PER_LEASE, Periodic
+from orchestrator.coordination.periodic import RENEWALS_PER_LEASE, STALL_FRACTION, Periodic
 from orchestrator.errors import CoordinationError
 from orchestrator.logs import WARNING, emoji
 
@@ -133,6 +133,11 @@ class InstanceRegistry:
         self.claims = Claims(client, prefix, self._instance_key(""))
         self._connectivity = ConnectivityReporter(f"instance lease {instance_id}", on_connectivity)
         self._registered = False
+        #: When (``time.monotonic()``) the last heartbeat that reached Redis started.
+        self._renewed: float | None = None
+        #: When the heartbeat that began the lease's current unbroken run started (after a lapse, the
+        #: one that found it lapsed): claims taken before then may be another process's now.
+        self._unbroken_since: float | None = None
         self._heart = Periodic(f"lease-{instance_id}", lease_seconds / RENEWALS_PER_LEASE, self.heartbeat)
 
     def _instance_key(self, instance_id: str) -> str:
@@ -153,6 +158,7 @@ class InstanceRegistry:
         Returns:
             True when the lease was renewed. Redis down: False (reported, never raised).
         """
+        started = time.monotonic()
         try:
             with redis_errors("renewing the instance lease"):
                 previous = self._heartbeat_script(
@@ -169,8 +175,24 @@ class InstanceRegistry:
                 self.instance_id,
                 extra=emoji(WARNING),
             )
+        if not previous or self._unbroken_since is None:
+            self._unbroken_since = started
+        self._renewed = started
         self._registered = True
         return True
+
+    def held_since(self) -> float | None:
+        """Since when (``time.monotonic()``) this process has held its lease without a break, as far as
+        it can know: None when no heartbeat has reached Redis for most of a lease (a stall such as
+        SIGSTOP, or Redis away), when the lease may have lapsed and others may be adopting its tasks.
+
+        A claim taken before this time may have been taken over (its holder looked dead): what this
+        process was about to do under it must not go ahead.
+        """
+        renewed, since = self._renewed, self._unbroken_since
+        if renewed is None or time.monotonic() - renewed >= self._lease_ms / 1000 * STALL_FRACTION:
+            return None
+        return since
 
     def stop(self) -> None:
         """Stop the heartbeat and delete this process's lease (a clean shutdown: nothing to adopt).

@@ -11,6 +11,9 @@ log = logging.getLogger(__name__)
 
 #: Leases are renewed this many times per lease period, so one missed renewal does not lose them.
 RENEWALS_PER_LEASE: Final = 3
+#: A lease not renewed for this share of its period may have lapsed (the process stalled, or Redis was
+#: away): what it guards is not counted on until a renewal reaches Redis again.
+STALL_FRACTION: Final = 0.9
 #: How long ``stop()``/``close()`` wait for a background renewal thread to finish its current call.
 THREAD_JOIN_SECONDS: Final = 5.0
 #: Adoption claims outlive any task: a claim is taken over early only when its holder is dead.

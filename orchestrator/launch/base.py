@@ -62,6 +62,12 @@ class LaunchRequest(msgspec.Struct, frozen=True, kw_only=True):
     start_deadline: float
     #: Epoch seconds at which the task has run too long (None: no maximum runtime, e.g. deploy).
     deadline: float | None
+    #: Asked right before the task is started, after whatever slow work the launcher does first (the
+    #: local launcher's synced record): False abandons the launch with a :class:`CapacityError`. The
+    #: guard sets it to "this process surely still holds the job's slot": a process stopped (SIGSTOP, a
+    #: frozen VM) in the middle of a launch for longer than its leases must not start the task in a slot
+    #: another process has taken meanwhile.
+    may_start: Callable[[], bool] | None = None
 
 
 class TaskHandle(msgspec.Struct, frozen=True, kw_only=True):

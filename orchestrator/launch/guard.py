@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Final, Literal, NoReturn
+
+import msgspec
 
 from orchestrator.coordination import DoneMarkers, InstanceRegistry, LaunchClaim, attempt_done_key
 from orchestrator.errors import CapacityError, LaunchError, OrchestratorError
@@ -225,6 +228,7 @@ class GuardedLauncher:
             _check_same_job(job, known)
             return self._adopt(key, known, "already launched by this process")
         try:
+            claimed_at = time.monotonic()
             claim = self._claim(key, identity)
             if claim is not None and claim.state == "conflict":
                 raise JobConflictError(conflict_reason(job, _type_of(claim.bound)))
@@ -254,12 +258,8 @@ class GuardedLauncher:
                         self.last_outcome(key[0]),
                     )
             try:
-                if self._slot_held is not None and not self._slot_held(job.deployment_id):
-                    raise CapacityError(
-                        f"not launching {key[0]} attempt {key[1]} now: its slot lease may have lapsed (this "
-                        "process stalled longer than its slot leases); trying again later"
-                    )
-                handle = self._launcher.launch(request)
+                lease_fenced = self._registry is not None and claim is not None
+                handle = self._launcher.launch(self._fenced(request, claimed_at if lease_fenced else None))
             except LaunchError:
                 self._release(key)
                 raise
@@ -270,6 +270,41 @@ class GuardedLauncher:
         finally:
             with self._lock:
                 self._launching.pop(key, None)
+
+    def _fenced(self, request: LaunchRequest, claimed_at: float | None) -> LaunchRequest:
+        """``request``, to be started only while nobody else may have taken it over: checked now, and
+        again by the launcher right before the task starts (:attr:`LaunchRequest.may_start`).
+
+        A stall (SIGSTOP, a frozen VM) longer than the leases in the middle of a launch lets other
+        processes take this one's slots (and start tasks in them) and adopt its half-launched task
+        (and retry it): starting it after the stall would run beyond the global limit, and twice.
+
+        Args:
+            claimed_at: when (``time.monotonic()``) the attempt's claim was taken in Redis; the instance
+                lease must have been held without a break since (None: no claim in Redis to lose).
+
+        Raises:
+            CapacityError: the slot's lease, or the instance lease, may have lapsed meanwhile.
+        """
+        slot_held, registry = self._slot_held, self._registry
+        deployment_id = request.job.deployment_id
+
+        def may_start() -> bool:
+            if slot_held is not None and not slot_held(deployment_id):
+                return False
+            if claimed_at is None or registry is None:
+                return True
+            since = registry.held_since()
+            return since is not None and since <= claimed_at
+
+        if slot_held is None and claimed_at is None:
+            return request
+        if not may_start():
+            raise CapacityError(
+                f"not launching {deployment_id} attempt {request.attempt} now: its slot or claim may have "
+                "lapsed (this process stalled longer than its leases); trying again later"
+            )
+        return msgspec.structs.replace(request, may_start=may_start)
 
     def _wait_for_other(self, key: tuple[str, int]) -> NoReturn:
         """Another live process holds the attempt's claim and no task of it is found: decide.

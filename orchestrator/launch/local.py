@@ -206,6 +206,14 @@ class LocalLauncher:
             self.store.relative_path(file_id),
         ]
         log_path = self.store.log_path(file_id)
+        if request.may_start is not None and not request.may_start():
+            # Asked after the synced record, the slow part: a stop of this process during it is
+            # caught here, not after the task has started in a slot another process took meanwhile.
+            self.store.remove(file_id)
+            raise CapacityError(
+                f"not starting local task {record.task_id}: this process may no longer hold its slot "
+                "(it was stopped for longer than its leases during the launch); trying again later"
+            )
         try:
             child = self._spawn([*argv, *self.argv], env, log_path)
         except OSError as e:

@@ -14,6 +14,7 @@ from typing import Final
 
 from orchestrator.coordination import (
     RENEWALS_PER_LEASE,
+    STALL_FRACTION,
     ConnectivityCallback,
     ConnectivityReporter,
     Periodic,
@@ -25,10 +26,6 @@ from orchestrator.errors import CoordinationError
 from orchestrator.logs import WARNING, emoji
 
 log = logging.getLogger(__name__)
-
-#: Leases not renewed for this fraction of a lease are not counted on (renewals run every third).
-STALL_FRACTION: Final = 0.9
-
 
 # Every script takes its time from the Redis server, so processes on hosts with skewed clocks agree.
 # The keys themselves expire with their latest lease, so an idle prefix leaves nothing behind;

@@ -537,3 +537,27 @@ def test_after_redis_loses_every_key_holders_put_back_their_slots_before_new_one
     assert not other.try_acquire("d3")
     assert holder.release("d1")
     assert other.try_acquire("d3")
+
+
+def test_the_lease_is_held_since_its_first_beat_until_renewals_stop_or_a_lapse_is_found(
+    client: RedisClient, prefix: str
+) -> None:
+    registry = InstanceRegistry(client, prefix, "proc-a", 1)  # beats by hand here: no thread
+    assert registry.held_since() is None, "never renewed"
+    before = time.monotonic()
+    assert registry.heartbeat()
+    since = registry.held_since()
+    assert since is not None and since >= before
+    assert registry.heartbeat()
+    assert registry.held_since() == since, "an unbroken run keeps its start"
+
+    client.delete(f"{prefix}:instance:proc-a")  # lapsed (as after a stall longer than the lease)
+    assert client.exists(f"{prefix}:instance:proc-a") == 0
+    after_lapse = time.monotonic()
+    assert registry.heartbeat()
+    renewed_since = registry.held_since()
+    assert renewed_since is not None and renewed_since >= after_lapse, "the run starts again"
+
+    time.sleep(0.95)  # most of the 1 s lease without a renewal: it may have lapsed
+    assert registry.held_since() is None
+    registry.stop()

@@ -11,10 +11,9 @@ import pytest
 from support import wait_until
 
 from orchestrator.config import DEFAULT_REDIS_KEY_PREFIX, Config, load_config
-from orchestrator.coordination import RedisClient
+from orchestrator.coordination import STALL_FRACTION, RedisClient
 from orchestrator.errors import ConfigError
 from orchestrator.slots import CombinedSlots, GlobalSlots, LocalSlots, make_slot_pool
-from orchestrator.slots.global_slots import STALL_FRACTION
 
 from .hammering import HAMMER_ROUNDS, HAMMER_THREADS, PeakCounter, hammer, run_threads
 

@@ -162,7 +162,7 @@ def test_after_a_stall_past_the_slot_leases_nothing_is_launched_and_it_is_tried_
     fresh = [False]
     guard = GuardedLauncher(launcher, "orch-a", None, slot_held=lambda deployment_id: fresh[0])
 
-    with pytest.raises(CapacityError, match="stalled longer than its slot leases") as raised:
+    with pytest.raises(CapacityError, match="stalled longer than its leases") as raised:
         guard.launch(request(DEPLOY))
 
     assert raised.value.retryable
@@ -170,6 +170,25 @@ def test_after_a_stall_past_the_slot_leases_nothing_is_launched_and_it_is_tried_
     fresh[0] = True
     assert guard.launch(request(DEPLOY)).deployment_id == DEPLOY.deployment_id, "nothing was left claimed"
     assert [r.job for r in launcher.launched] == [DEPLOY]
+
+
+def test_the_launcher_is_given_the_slot_check_to_ask_again_right_before_the_task_starts() -> None:
+    # A stall in the middle of a launch (the local launcher syncing its record) outlasts the check
+    # made before it: the launcher asks again right before it starts the task.
+    launcher = MemoryLauncher()
+    fresh = [True]
+    guard = GuardedLauncher(launcher, "orch-a", None, slot_held=lambda deployment_id: fresh[0])
+
+    guard.launch(request(DEPLOY))
+
+    [sent] = launcher.launched
+    assert sent.may_start is not None and sent.may_start()
+    fresh[0] = False
+    assert not sent.may_start(), "asked when called, not when the launch began"
+    assert (
+        GuardedLauncher(launcher, "orch-b", None).launch(request(BUILD)).deployment_id == BUILD.deployment_id
+    )
+    assert launcher.launched[-1].may_start is None, "no slot check configured: nothing to ask"
 
 
 def test_a_different_job_while_the_first_is_being_launched_conflicts_and_the_same_one_waits() -> None:
@@ -216,6 +235,26 @@ def test_a_different_job_at_another_process_is_rejected_by_the_claim_without_a_l
 
     assert launcher.finds == 0
     assert [r.job for r in launcher.launched] == [DEPLOY]
+
+
+def test_a_launch_through_which_the_instance_lease_lapsed_is_not_started(
+    client: RedisClient, prefix: str, two_processes: tuple[InstanceRegistry, InstanceRegistry]
+) -> None:
+    # The process stopped mid-launch (SIGSTOP) past its instance lease: another one may have adopted
+    # the half-launched task (and retried it) meanwhile; the heartbeat after the stall finds the lapse.
+    registry = two_processes[0]
+    launcher = MemoryLauncher()
+    GuardedLauncher(launcher, registry.instance_id, registry).launch(request(DEPLOY))
+    [sent] = launcher.launched
+    assert sent.may_start is not None and sent.may_start()
+
+    client.delete(f"{prefix}:instance:{registry.instance_id}")  # it expired while the process was stopped
+    assert registry.heartbeat()
+
+    assert not sent.may_start(), "its claim was taken before the lease's current unbroken run"
+    later = GuardedLauncher(launcher, registry.instance_id, registry).launch(request(DEPLOY, attempt=2))
+    assert later.attempt == 2 and launcher.launched[-1].may_start is not None
+    assert launcher.launched[-1].may_start(), "a claim taken after the lapse is this process's"
 
 
 def test_the_same_job_at_another_process_is_adopted_as_before(

@@ -16,6 +16,7 @@ import pytest
 from support import wait_until
 
 from orchestrator.config import Config
+from orchestrator.errors import CapacityError
 from orchestrator.launch.base import LaunchRequest, TaskHandle, TaskState, make_launcher
 from orchestrator.launch.local import LocalLauncher
 from orchestrator.launch.local_files import file_id_of
@@ -282,6 +283,31 @@ def test_launching_the_same_attempt_twice_starts_one_process(
     finally:
         launcher.stop(first, "test over")
         wait_until(lambda: ended(launcher, first), WAIT, "the worker to stop")
+
+
+def test_a_launch_whose_slot_lapsed_during_it_starts_no_process_and_leaves_no_record(
+    state_dir: Path, repo: str, no_docker_engine: None
+) -> None:
+    # may_start is asked after the synced record (the slow part, where a SIGSTOP of the orchestrator
+    # can outlast its leases): no worker may start in a slot another process may have taken.
+    launcher = LocalLauncher(local_config(state_dir))
+    job = BuildJob(deployment_id="dep-1", repository=repo)
+    asked: list[bool] = []
+
+    def lapsed() -> bool:
+        asked.append((state_dir / "tasks" / "dep-1-1.json").exists())
+        return False
+
+    with pytest.raises(CapacityError, match="may no longer hold its slot") as raised:
+        launcher.launch(msgspec.structs.replace(request_for(job), may_start=lapsed))
+
+    assert asked == [True], "asked once, after the record was written"
+    assert raised.value.retryable
+    assert sorted(p.name for p in (state_dir / "tasks").iterdir()) == []
+    assert launcher.find("dep-1", 1) is None
+    handle = launcher.launch(msgspec.structs.replace(request_for(job), may_start=lambda: True))
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the launch tried again to run")
+    assert (state.phase, state.exit_code) == ("stopped", 0)
 
 
 def test_a_task_killed_without_an_exit_status_is_missing(
