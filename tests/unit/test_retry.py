@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from orchestrator.broker.headers import ATTEMPT_HEADER
+from orchestrator.commands import Publish
 from orchestrator.config import load_config
 from orchestrator.events import make_event, sequence_number
 from orchestrator.lifecycle import Finish, Limits, RetryLater
@@ -55,17 +56,9 @@ def test_retry_publish_puts_the_job_in_its_tier_before_the_event() -> None:
     assert event.reason is not None and "pw" not in event.reason
 
 
-def test_a_failure_that_gives_up_dead_letters_the_job_with_its_last_reason() -> None:
+def decide_for_attempt_3(finish: Finish) -> Publish:
     config = load_config(environ={})
-    finish = Finish(
-        status="failed",
-        attempt=3,
-        reason="the worker exited with code 2 https://u:pw@x",
-        reason_class="failed",
-        exit_code=2,
-        dead_letter=True,
-    )
-    publish = publish_decision(
+    return publish_decision(
         finish,
         broker=config.broker,
         deployment_id=JOB.deployment_id,
@@ -74,6 +67,18 @@ def test_a_failure_that_gives_up_dead_letters_the_job_with_its_last_reason() -> 
         attempt=3,
         signer=attempt_signer(config),
     )
+
+
+def test_a_failure_that_gives_up_dead_letters_the_job_with_its_last_reason() -> None:
+    finish = Finish(
+        status="failed",
+        attempt=3,
+        reason="the worker exited with code 2 https://u:pw@x",
+        reason_class="failed",
+        exit_code=2,
+        dead_letter=True,
+    )
+    publish = decide_for_attempt_3(finish)
     [message] = publish.messages
     assert message.routing_key == "execute.dlq"
     assert message.headers[REASON_HEADER] == "the worker exited with code 2 https://***@x"
@@ -95,17 +100,8 @@ def test_a_failure_that_gives_up_dead_letters_the_job_with_its_last_reason() -> 
 def test_a_job_whose_last_attempt_timed_out_is_counted_as_timed_out_though_its_event_says_failed(
     status: str, reason_class: str | None, counted_as: str
 ) -> None:
-    config = load_config(environ={})
     finish = Finish(status=status, attempt=3, reason="start timeout", reason_class=reason_class)  # type: ignore[arg-type]
-    publish = publish_decision(
-        finish,
-        broker=config.broker,
-        deployment_id=JOB.deployment_id,
-        job_type=JOB.type,
-        job=JOB,
-        attempt=3,
-        signer=attempt_signer(config),
-    )
+    publish = decide_for_attempt_3(finish)
     [event] = publish.events
     assert event.status == status
     assert publish.finished == counted_as
