@@ -39,6 +39,7 @@ from orchestrator.coordination.periodic import (
     STALL_FRACTION,
     THREAD_JOIN_SECONDS,
     Periodic,
+    renewed_lately,
 )
 
 __all__ = [
@@ -62,5 +63,6 @@ __all__ = [
     "connect_redis",
     "instance_id",
     "redis_errors",
+    "renewed_lately",
     "reply_text",
 ]

@@ -36,7 +36,7 @@ from orchestrator.coordination.client import (
     reply_text,
 )
 from orchestrator.coordination.markers import DoneMarkers
-from orchestrator.coordination.periodic import RENEWALS_PER_LEASE, STALL_FRACTION, Periodic
+from orchestrator.coordination.periodic import RENEWALS_PER_LEASE, Periodic, renewed_lately
 from orchestrator.errors import CoordinationError
 from orchestrator.logs import WARNING, emoji
 
@@ -190,7 +190,7 @@ class InstanceRegistry:
         process was about to do under it must not go ahead.
         """
         renewed, since = self._renewed, self._unbroken_since
-        if renewed is None or time.monotonic() - renewed >= self._lease_ms / 1000 * STALL_FRACTION:
+        if renewed is None or not renewed_lately(renewed, self._lease_ms):
             return None
         return since
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -47,3 +48,9 @@ class Periodic:
                 self._action()
             except Exception:
                 log.exception("%s: periodic call failed", self._thread.name)
+
+
+def renewed_lately(renewed_at: float, lease_ms: int) -> bool:
+    """Whether a renewal that started at ``renewed_at`` (``time.monotonic()``) still vouches for a
+    lease of ``lease_ms``: False once :data:`STALL_FRACTION` of the lease has passed since."""
+    return time.monotonic() - renewed_at < lease_ms / 1000 * STALL_FRACTION

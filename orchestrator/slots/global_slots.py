@@ -14,12 +14,12 @@ from typing import Final
 
 from orchestrator.coordination import (
     RENEWALS_PER_LEASE,
-    STALL_FRACTION,
     ConnectivityCallback,
     ConnectivityReporter,
     Periodic,
     RedisClient,
     redis_errors,
+    renewed_lately,
     reply_text,
 )
 from orchestrator.errors import CoordinationError
@@ -339,7 +339,7 @@ class GlobalSlots:
         its leases may have expired, and other processes may have taken the slots. A launch that
         waited through that must not start (it would run beyond the global limit)."""
         started = self._renewal_started
-        return started is None or time.monotonic() - started < self._lease_ms / 1000 * STALL_FRACTION
+        return started is None or renewed_lately(started, self._lease_ms)
 
     def held(self) -> int:
         """How many global slots this process holds (no Redis call, so the same when Redis is down)."""
