@@ -64,9 +64,10 @@ class LaunchRequest(msgspec.Struct, frozen=True, kw_only=True):
     deadline: float | None
     #: Asked right before the task is started, after whatever slow work the launcher does first (the
     #: local launcher's synced record): False abandons the launch with a :class:`CapacityError`. The
-    #: guard sets it to "this process surely still holds the job's slot": a process stopped (SIGSTOP, a
-    #: frozen VM) in the middle of a launch for longer than its leases must not start the task in a slot
-    #: another process has taken meanwhile.
+    #: guard sets it to "this process surely still holds the job's slot, and its instance lease has not
+    #: broken since the attempt's claim": a process stopped (SIGSTOP, a frozen VM) in the middle of a
+    #: launch for longer than its leases must not start a task that another process may have adopted,
+    #: in a slot it may have taken meanwhile.
     may_start: Callable[[], bool] | None = None
 
 

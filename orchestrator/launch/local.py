@@ -211,8 +211,8 @@ class LocalLauncher:
             # caught here, not after the task has started in a slot another process took meanwhile.
             self.store.remove(file_id)
             raise CapacityError(
-                f"not starting local task {record.task_id}: this process may no longer hold its slot "
-                "(it was stopped for longer than its leases during the launch); trying again later"
+                f"not starting local task {record.task_id}: this process may no longer hold its slot or "
+                "claim (it was stopped for longer than its leases during the launch); trying again later"
             )
         try:
             child = self._spawn([*argv, *self.argv], env, log_path)
