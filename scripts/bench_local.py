@@ -74,6 +74,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
@@ -117,7 +118,10 @@ from support import free_port  # noqa: E402
 from orchestrator.config import Config, load_config  # noqa: E402
 from orchestrator.logs import FAILURE, PROGRESS, SUCCESS, WARNING  # noqa: E402
 
-SYSTEMS: Final = ("celery", "dramatiq", "spawn", "orchestrator")
+SYSTEMS: Final = ("celery", "dramatiq", "spawn", "orchestrator", "orchestrator-x2")
+#: The orchestrator systems: how many processes each runs (``orchestrator-x2`` is supervisor.conf's
+#: ``numprocs=2``: two processes of one host sharing the broker, Redis and ``local.state_dir``).
+ORCHESTRATOR_PROCESSES: Final = {"orchestrator": 1, "orchestrator-x2": 2}
 MAX_CONCURRENT: Final = 64
 #: The seed DeploymentMessage, the backend's form (read from the file the contract tests use).
 SEED_JOB: Final[dict[str, Any]] = json.loads(
@@ -207,8 +211,11 @@ class OrchestratorProcess:
     anything that is not a JSON log line are kept as problems.
     """
 
-    def __init__(self, config_path: str, log_path: str, workdir: str) -> None:
+    def __init__(
+        self, config_path: str, log_path: str, workdir: str, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.config_path, self.log_path, self.workdir = config_path, log_path, workdir
+        self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
         self.consuming_at: float | None = None
@@ -225,7 +232,7 @@ class OrchestratorProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
-        env = orchestrator_env()
+        env = {**orchestrator_env(), **self.extra_env}
         env["PYTHONUNBUFFERED"] = "1"
         argv = [
             sys.executable, "-m", "orchestrator.cli", "--log-format", "json", "--log-level", "INFO",
@@ -344,26 +351,7 @@ class OrchestratorProcess:
 
     def event_anomalies(self, ids: Sequence[str], limit: int = 10) -> list[str]:
         """From its own log: statuses it published twice for a job, and jobs it left without an end."""
-        repeated, unended = [], []
-        for deployment_id in ids:
-            statuses = self.events.get(deployment_id, [])
-            twice = sorted({s for s in statuses if statuses.count(s) > 1})
-            if twice:
-                repeated.append(f"{deployment_id} {'/'.join(twice)} twice ({' -> '.join(statuses)})")
-            if not statuses or statuses[-1] not in TERMINAL:
-                unended.append(f"{deployment_id} ({' -> '.join(statuses) or 'no event'})")
-        found = []
-        if repeated:
-            found.append(
-                f"the log shows {len(repeated)} job(s) with a status logged twice as published: "
-                + "; ".join(repeated[:limit])
-            )
-        if unended:
-            found.append(
-                f"the log shows {len(unended)} job(s) without a terminal status: "
-                + "; ".join(unended[:limit])
-            )
-        return found
+        return event_anomalies(self.events, ids, limit)
 
     def all_problems(self) -> list[str]:
         return self.shutdown_problems() + [f"log {p.level}: {p.text}" for p in self.problems]
@@ -375,6 +363,30 @@ class OrchestratorProcess:
         elif self.returncode not in (None, CLEAN_EXIT):
             found.append(f"exited {self.returncode} after SIGTERM (expected {CLEAN_EXIT})")
         return found
+
+
+def event_anomalies(events: dict[str, list[str]], ids: Sequence[str], limit: int = 10) -> list[str]:
+    """Statuses logged twice as published for a job, and jobs left without an end, from the
+    ``deploymentId -> statuses`` of one log (or of several processes' logs, joined)."""
+    repeated, unended = [], []
+    for deployment_id in ids:
+        statuses = events.get(deployment_id, [])
+        twice = sorted({s for s in statuses if statuses.count(s) > 1})
+        if twice:
+            repeated.append(f"{deployment_id} {'/'.join(twice)} twice ({' -> '.join(statuses)})")
+        if not statuses or statuses[-1] not in TERMINAL:
+            unended.append(f"{deployment_id} ({' -> '.join(statuses) or 'no event'})")
+    found = []
+    if repeated:
+        found.append(
+            f"the log shows {len(repeated)} job(s) with a status logged twice as published: "
+            + "; ".join(repeated[:limit])
+        )
+    if unended:
+        found.append(
+            f"the log shows {len(unended)} job(s) without a terminal status: " + "; ".join(unended[:limit])
+        )
+    return found
 
 
 def write_config(
@@ -513,7 +525,7 @@ def wait_status_queue_drained(config: Config, timeout: float = 10.0) -> None:
 
 def wait_for_terminal(
     collector: StatusCollector,
-    orchestrator: OrchestratorProcess,
+    orchestrators: OrchestratorProcess | Sequence[OrchestratorProcess],
     count: int,
     timeout: float,
     what: str,
@@ -527,6 +539,8 @@ def wait_for_terminal(
     Raises:
         BenchError: the orchestrator or the collector died.
     """
+    if isinstance(orchestrators, OrchestratorProcess):
+        orchestrators = [orchestrators]
     deadline = time.monotonic() + timeout
     progress, progress_at = collector.terminal, time.monotonic()
     while collector.terminal < count:
@@ -535,11 +549,12 @@ def wait_for_terminal(
             progress, progress_at = collector.terminal, now
         elif stall is not None and now - progress_at > stall:
             return False
-        if not orchestrator.alive():
-            raise BenchError(
-                f"{what}: the orchestrator exited ({orchestrator._code()}) with {collector.terminal} of "
-                f"{count} jobs ended:\n{orchestrator.tail()}"
-            )
+        for orchestrator in orchestrators:
+            if not orchestrator.alive():
+                raise BenchError(
+                    f"{what}: an orchestrator exited ({orchestrator._code()}) with {collector.terminal} "
+                    f"of {count} jobs ended:\n{orchestrator.tail()}"
+                )
         if not collector._process.is_alive():
             raise BenchError(f"{what}: the status collector died")
         if time.monotonic() > deadline:
@@ -670,10 +685,26 @@ class Workspace:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def orchestrator_throughput(n: int, args: argparse.Namespace, round_no: int) -> OrchestratorRun:
-    """Preload n jobs, start the real process, time it from "consuming" to the n-th terminal event."""
+def orchestrator_throughput(
+    n: int, args: argparse.Namespace, round_no: int, system: str = "orchestrator"
+) -> OrchestratorRun:
+    """Preload n jobs, start the real process(es), time it from "consuming" to the n-th terminal event.
+
+    With more than one process (``ORCHESTRATOR_PROCESSES``) they share one config, as supervisor.conf's
+    do (each its own ``http.port`` through ``ORCH_HTTP_PORT``); the clock starts at the first
+    "consuming" line and the CPU is the sum of each process's from its own "consuming" on.
+    """
+    processes = ORCHESTRATOR_PROCESSES[system]
     space = Workspace(args, f"r{round_no}", "amqp")
-    orchestrator = OrchestratorProcess(space.config_path, space.log_path, space.dir)
+    orchestrators = [
+        OrchestratorProcess(
+            space.config_path,
+            space.log_path if processes == 1 else space.log_path.replace(".log", f"-{i}.log"),
+            space.dir,
+            extra_env={} if processes == 1 else {"ORCH_HTTP_PORT": str(free_port())},
+        )
+        for i in range(1, processes + 1)
+    ]
     problems: list[str] = []
     failed = True
     try:
@@ -682,54 +713,66 @@ def orchestrator_throughput(n: int, args: argparse.Namespace, round_no: int) -> 
         preload(space.config, bodies)
         with StatusCollector(space.config) as collector:
             try:
-                orchestrator.start()
-                startup = orchestrator.wait_consuming()
+                for orchestrator in orchestrators:
+                    orchestrator.start()
+                startup = max(orchestrator.wait_consuming() for orchestrator in orchestrators)
                 ended = wait_for_terminal(
-                    collector, orchestrator, n, args.timeout, f"round {round_no}", args.stall_seconds
+                    collector, orchestrators, n, args.timeout, f"round {round_no}", args.stall_seconds
                 )
-                cpu_end = orchestrator.cpu()
+                cpu_end = [orchestrator.cpu() for orchestrator in orchestrators]
                 broker_end = broker_cpu()
                 live = f"{collector.dispatched} dispatched and {collector.terminal} of {n} jobs ended"
             finally:
-                orchestrator.stop()
+                for orchestrator in orchestrators:
+                    orchestrator.stop()
             wait_status_queue_drained(space.config)
             collected = collector.finish()
-        assert orchestrator.consuming_at is not None
-        cpu_start = orchestrator.cpu_at_consuming
-        if cpu_start is None:
+        cpu_start = [o.cpu_at_consuming for o in orchestrators if o.cpu_at_consuming is not None]
+        if len(cpu_start) < len(orchestrators):
             raise BenchError("could not read the orchestrator's CPU when it started consuming")
+        cpu_spans = list(zip(cpu_start, cpu_end, strict=True))
+        first = min(orchestrators, key=lambda o: o.consuming_at or math.inf)
+        assert first.consuming_at is not None
         ids = [i for i, _ in bodies]
-        what = f"round {round_no} orchestrator"
+        what = f"round {round_no} {system}"
         errors = [] if ended else [f"{what}: {live}; none ended in the last {args.stall_seconds:g} s"]
         errors += check_outcomes(collected, ids, what)
         depths = queue_depths(space.config)
         if any(depths.values()):
             errors.append(f"{what}: messages left behind {depths}")
-        problems = orchestrator.all_problems() + orchestrator.event_anomalies(ids)
+        events: dict[str, list[str]] = {}
+        for orchestrator in orchestrators:
+            problems += orchestrator.all_problems()
+            for deployment_id, statuses in orchestrator.events.items():
+                events.setdefault(deployment_id, []).extend(statuses)
+        problems += event_anomalies(events, ids)
         if errors:
             raise BrokenPromiseError(errors, problems)
         failed = False
         return OrchestratorRun(
+            system=system,
             jobs=n,
-            seconds=max(collected.terminal_at[i] for i in ids) - orchestrator.consuming_at,
-            dispatch_seconds=max(collected.dispatched_at[i] for i in ids) - orchestrator.consuming_at,
-            own_cpu_seconds=cpu_end.own - cpu_start.own,
-            children_cpu_seconds=cpu_end.children - cpu_start.children,
+            seconds=max(collected.terminal_at[i] for i in ids) - first.consuming_at,
+            dispatch_seconds=max(collected.dispatched_at[i] for i in ids) - first.consuming_at,
+            own_cpu_seconds=sum(end.own - start.own for start, end in cpu_spans),
+            children_cpu_seconds=sum(end.children - start.children for start, end in cpu_spans),
             broker_cpu_seconds=(
-                None
-                if orchestrator.broker_cpu_at_consuming is None
-                else broker_end - orchestrator.broker_cpu_at_consuming
+                None if first.broker_cpu_at_consuming is None else broker_end - first.broker_cpu_at_consuming
             ),
             startup_seconds=startup,
-            stop_seconds=orchestrator.stop_seconds,
-            exit_code=orchestrator.returncode,
+            stop_seconds=max(orchestrator.stop_seconds or 0.0 for orchestrator in orchestrators),
+            exit_code=next(
+                (o.returncode for o in orchestrators if o.returncode != CLEAN_EXIT),
+                orchestrators[0].returncode,
+            ),
             events=dict(collected.statuses),
-            log_lines=orchestrator.lines,
+            log_lines=sum(orchestrator.lines for orchestrator in orchestrators),
             problems=problems,
             settings={
                 "command": "python -m orchestrator.cli --log-format json --log-level INFO run --config FILE",
-                "clock": '"consuming <queue> (prefetch ...)" log line -> n-th terminal event '
-                "at the collector",
+                "processes": processes,
+                "clock": '"consuming <queue> (prefetch ...)" log line (the first process\'s) -> n-th '
+                "terminal event at the collector",
                 "local.command": args.worker_command,
                 "limits.max_concurrent": MAX_CONCURRENT,
                 "status.sinks": "amqp",
@@ -739,7 +782,8 @@ def orchestrator_throughput(n: int, args: argparse.Namespace, round_no: int) -> 
         )
     finally:
         if failed:
-            orchestrator.stop()
+            for orchestrator in orchestrators:
+                orchestrator.stop()
         space.close(had_problems=failed or bool(problems))
 
 
@@ -908,20 +952,19 @@ def summarize(results: Sequence[tuple[int, Result]], latency: dict[str, Any] | N
     for round_no, result in results:
         by_round.setdefault(round_no, {})[result.system] = result.jobs_per_second
     ratios: dict[str, Any] = {}
-    for name, peer, target in (
-        ("orchestrator/celery", "celery", TARGET_CELERY),
-        ("orchestrator/dramatiq", "dramatiq", TARGET_DRAMATIQ),
-        ("orchestrator/ceiling", "spawn:posix_spawn", TARGET_CEILING),
-    ):
-        if "orchestrator" in rates and peer in rates:
-            per_round = [
-                r["orchestrator"] / r[peer] for r in by_round.values() if "orchestrator" in r and peer in r
-            ]
-            ratios[name] = {
-                "of_medians": systems["orchestrator"]["median"] / systems[peer]["median"],
-                "per_round": per_round,
-                "target": target,
-            }
+    for orch in ORCHESTRATOR_PROCESSES:
+        for label, peer, target in (
+            ("celery", "celery", TARGET_CELERY),
+            ("dramatiq", "dramatiq", TARGET_DRAMATIQ),
+            ("ceiling", "spawn:posix_spawn", TARGET_CEILING),
+        ):
+            if orch in rates and peer in rates:
+                per_round = [r[orch] / r[peer] for r in by_round.values() if orch in r and peer in r]
+                ratios[f"{orch}/{label}"] = {
+                    "of_medians": systems[orch]["median"] / systems[peer]["median"],
+                    "per_round": per_round,
+                    "target": target,
+                }
     return {"systems": systems, "ratios": ratios, "latency": latency}
 
 
@@ -934,12 +977,14 @@ def target_lines(summary: dict[str, Any]) -> list[str]:
             f"{mark} {name} = {ratio['of_medians']:.2f} (medians; per round {rounds}) "
             f"target >= {ratio['target']:g}"
         )
-    orch = summary["systems"].get("orchestrator")
-    if orch is not None and "cpu_ms_per_job_median" in orch:
+    for system in ORCHESTRATOR_PROCESSES:
+        orch = summary["systems"].get(system)
+        if orch is None or "cpu_ms_per_job_median" not in orch:
+            continue
         cpu = orch["cpu_ms_per_job_median"]
         mark = SUCCESS if cpu <= TARGET_CPU_MS else WARNING
         lines.append(
-            f"{mark} orchestrator CPU = {cpu:.2f} ms/job (own, median; its children "
+            f"{mark} {system} CPU = {cpu:.2f} ms/job (own, median; its children "
             f"{orch.get('children_cpu_ms_per_job_median', float('nan')):.2f} ms/job) "
             f"target <= {TARGET_CPU_MS:g}"
         )
@@ -992,7 +1037,7 @@ def plot(path: str, summary: dict[str, Any], machine_line: str) -> None:
     medians = [systems[s]["median"] for s in names]
     low = [systems[s]["median"] - systems[s]["min"] for s in names]
     high = [systems[s]["max"] - systems[s]["median"] for s in names]
-    colors = ["tab:red" if s == "orchestrator" else "tab:gray" for s in names]
+    colors = ["tab:red" if s in ORCHESTRATOR_PROCESSES else "tab:gray" for s in names]
     bars = ax.bar(names, medians, yerr=[low, high], capsize=5, color=colors)
     for bar, value in zip(bars, medians, strict=True):
         ax.annotate(f"{value:.0f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom")
@@ -1138,6 +1183,7 @@ def measure_all(args: argparse.Namespace, box: dict[str, Any], machine_line: str
         ],
         "spawn": lambda _r: list(bare_spawn_ceiling(args.n)),
         "orchestrator": lambda r: [orchestrator_throughput(args.n, args, r)],
+        "orchestrator-x2": lambda r: [orchestrator_throughput(args.n, args, r, "orchestrator-x2")],
     }
     results: list[tuple[int, Result]] = []
     errors: list[str] = []
