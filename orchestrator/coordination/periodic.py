@@ -17,7 +17,6 @@ RENEWALS_PER_LEASE: Final = 3
 STALL_FRACTION: Final = 0.9
 #: How long ``stop()``/``close()`` wait for a background renewal thread to finish its current call.
 THREAD_JOIN_SECONDS: Final = 5.0
-#: Adoption claims outlive any task: a claim is taken over early only when its holder is dead.
 
 
 class Periodic:
