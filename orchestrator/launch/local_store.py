@@ -9,8 +9,11 @@ local launcher reads and writes them through (ended task files are kept as spare
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import msgspec
 
@@ -39,9 +42,36 @@ from orchestrator.launch.local_task import EXIT_SUFFIX, TASKS_DIR
 from orchestrator.logs import WARNING, emoji
 from orchestrator.redaction import redact_text
 
-__all__ = ["TaskStore", "alive", "handle_of"]
+__all__ = ["VOLATILE_FILESYSTEMS", "TaskStore", "alive", "filesystem_type", "handle_of"]
 
 log = logging.getLogger(__name__)
+
+#: File systems whose contents a restart of the host forgets.
+VOLATILE_FILESYSTEMS: Final = frozenset({"tmpfs", "ramfs"})
+#: The mount table of this process's mount namespace.
+MOUNTS: Final = "/proc/self/mounts"
+_OCTAL_ESCAPE: Final = re.compile(r"\\([0-7]{3})")
+
+
+def filesystem_type(path: Path, mounts: str = MOUNTS) -> str | None:
+    """The type of the file system ``path`` is on: that of the longest mount point holding it (the
+    later of two mounts on one point), or None when the mount table cannot be read."""
+    try:
+        with open(mounts, encoding="utf-8", errors="replace") as f:
+            table = f.read().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    longest, found = -1, None
+    for line in table:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[1])
+        holds = target == point or target.startswith(point.rstrip("/") + "/")
+        if holds and len(point) >= longest:
+            longest, found = len(point), fields[2]
+    return found
 
 
 def alive(record: TaskRecord) -> bool:
@@ -86,6 +116,16 @@ class TaskStore:
         except OSError as e:
             raise ConfigError([f"local.state_dir: cannot create {state_dir} ({e.strerror or e})"]) from None
         self.spares = SpareFiles(state_dir / SPARE_DIR)
+        kind = filesystem_type(state_dir)
+        if kind in VOLATILE_FILESYSTEMS:
+            # The records are what a process that takes over after a crash finds the tasks by.
+            log.warning(
+                "local.state_dir %s is on %s: a restart of the host forgets the records of the local "
+                "tasks in flight, and their jobs (already acked) would never end; put it on a disk",
+                state_dir,
+                kind,
+                extra=emoji(WARNING),
+            )
 
     def path(self, file_id: str, suffix: str = RECORD_SUFFIX) -> Path:
         """``tasks/<file_id><suffix>``."""

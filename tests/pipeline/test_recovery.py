@@ -200,3 +200,34 @@ def test_a_task_that_ended_while_its_outcome_could_not_be_published_is_not_forgo
     finally:
         proxy.stop()
     assert len(worker_logs(recovery_config)) == 1, "the worker was launched exactly once"
+
+
+def test_after_a_host_crash_the_next_process_fails_the_lost_attempt_and_retries_it(
+    recovery_config: Config, tmp_path: Path, processes: list[OrchestratorProcess]
+) -> None:
+    config = with_overrides(recovery_config, limits__max_attempts=2, limits__retry_delays=(1,))
+    repository = git_repository(tmp_path / "app")
+    state = Path(config.local.state_dir)
+    with EventCollector(config) as events:
+        first = spawn(config, tmp_path, processes, "first")
+        publish(config, encode(BuildJob(deployment_id="crash-1", repository=repository)))
+        wait_until(lambda: "running" in events.statuses("crash-1"), 60, "the task running")
+
+        # When the host goes down: the orchestrator and the task die at once, neither says a word
+        first.kill9()
+        subprocess.run(["pkill", "-KILL", "-f", "--", str(state)], check=False)
+        wait_until(
+            lambda: subprocess.run(["pgrep", "-f", "--", str(state)], check=False).returncode == 1,
+            10,
+            "the task's processes gone",
+        )
+
+        # Then the next process finds the task's record, judges the attempt ended without a status,
+        # and retries it
+        second = spawn(config, tmp_path, processes, "second")
+        final = events.wait_terminal("crash-1", timeout=60)
+        assert final.status == "succeeded", second.log()
+        assert final.attempt == 2, events.statuses("crash-1")
+        retrying = [e for e in events.events("crash-1") if e.status == "retrying"]
+        assert len(retrying) == 1 and retrying[0].attempt == 1, events.statuses("crash-1")
+    assert len(worker_logs(config)) == 2, "the lost attempt and its retry, each launched once"
