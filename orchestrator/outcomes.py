@@ -146,20 +146,31 @@ class Outcomes:
 
     def durable(self, handle: TaskHandle, outcome: bytes) -> None:
         """The outcome of ``handle``'s attempt is confirmed: mark the attempt done (no adopter, and no
-        late duplicate, handles it again; ``outcome`` answers a duplicate) and forget the task."""
-        self._background(
-            self._shared.done_markers.mark_all,
-            (handle.task_id, attempt_done_key(handle.deployment_id, handle.attempt)),
-            DONE_MARKER_SECONDS,
-            (handle.deployment_id, outcome) if outcome else None,
-        )
-        self._forget_task(handle)
+        late duplicate, handles it again; ``outcome`` answers a duplicate), then forget the task.
+
+        One call off the actor thread for both, in that order: the task's record answers a duplicate
+        until the marker does (a failed marker is logged; the task is forgotten all the same).
+        """
+        self._background(self._mark_done_then_forget, handle, outcome)
+
+    def _mark_done_then_forget(self, handle: TaskHandle, outcome: bytes) -> None:
+        try:
+            self._shared.done_markers.mark_all(
+                (handle.task_id, attempt_done_key(handle.deployment_id, handle.attempt)),
+                DONE_MARKER_SECONDS,
+                (handle.deployment_id, outcome) if outcome else None,
+            )
+        finally:
+            self._forget_now(handle)
 
     def _forget_task(self, handle: TaskHandle) -> None:
         """Let the launcher forget an ended task whose outcome is durable (or that had none)."""
+        self._background(self._forget_now, handle)
+
+    def _forget_now(self, handle: TaskHandle) -> None:
         launcher = self._launchers.get(handle.launcher)
         if launcher is not None:
-            self._background(launcher.forget, handle)
+            launcher.forget(handle)
 
     def _handed_over(self, handle: TaskHandle) -> None:
         log.warning(

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
 from orchestrator.attempt_events import AttemptEvents
 from orchestrator.commands import Publish, Release
 from orchestrator.config import load_config
@@ -27,23 +29,30 @@ JOB = BuildJob(deployment_id="dep-1", repository="https://github.com/a/b")
 class Forgets:
     """Stands in for a launcher or a guard: records what it was told to forget."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: list[str] | None = None) -> None:
         self.forgotten: list[Any] = []
+        self.journal = journal if journal is not None else []
 
     def forget(self, *what: Any) -> None:
+        self.journal.append("forget")
         self.forgotten.append(what if len(what) > 1 else what[0])
 
 
 class Redis:
     """The pending retries and done markers of :class:`Coordination`, as lists."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: list[str] | None = None) -> None:
         self.waiting: list[tuple[str, str, int, int]] = []
         self.marked: list[tuple[tuple[str, ...], int, tuple[str, bytes] | None]] = []
+        self.journal = journal if journal is not None else []
+        self.down = False
         self.pending_retries = SimpleNamespace(waiting=lambda *args: self.waiting.append(args))
         self.done_markers = SimpleNamespace(mark_all=self.mark_all)
 
     def mark_all(self, task_ids: tuple[str, ...], ttl: int, outcome: tuple[str, bytes] | None) -> None:
+        self.journal.append("mark")
+        if self.down:
+            raise ConnectionError("Redis is down")
         self.marked.append((task_ids, ttl, outcome))
 
 
@@ -52,9 +61,12 @@ class Setup:
 
     def __init__(self, *, stop_requested: bool = False, **env: str) -> None:
         self.table = TaskTable()
-        self.launcher = Forgets()
+        #: What the launcher and Redis were asked, in order; and how many calls went off-thread.
+        self.journal: list[str] = []
+        self.background_calls = 0
+        self.launcher = Forgets(self.journal)
         self.guard = Forgets()
-        self.redis = Redis()
+        self.redis = Redis(self.journal)
         self.published: list[Publish] = []
         self.released: list[Release] = []
         self.told: list[object] = []
@@ -78,8 +90,8 @@ class Setup:
             background=self.background,
         )
 
-    @staticmethod
-    def background(call: Callable[..., object], *args: object) -> None:
+    def background(self, call: Callable[..., object], *args: object) -> None:
+        self.background_calls += 1
         call(*args)
 
 
@@ -121,6 +133,31 @@ def test_a_success_is_published_and_the_task_forgotten_only_once_it_is_durable()
     assert setup.redis.marked == [
         ((h.task_id, attempt_done_key("dep-1", 1)), DONE_MARKER_SECONDS, ("dep-1", b"the event"))
     ]
+    assert setup.launcher.forgotten == [h]
+
+
+def test_a_durable_outcome_marks_the_attempt_done_then_forgets_the_task_in_one_off_thread_call() -> None:
+    setup = Setup()
+    h = handle()
+    setup.outcomes.ended(ended(h, "succeeded", 0))
+    calls_before = setup.background_calls
+
+    setup.outcomes.durable(h, b"the event")
+
+    assert setup.journal == ["mark", "forget"], "the record answers duplicates until the marker does"
+    assert setup.background_calls - calls_before == 1
+
+
+def test_a_done_marker_that_cannot_be_written_still_lets_the_task_be_forgotten() -> None:
+    setup = Setup()
+    h = handle()
+    setup.outcomes.ended(ended(h, "succeeded", 0))
+    setup.redis.down = True
+
+    with pytest.raises(ConnectionError):  # the off-thread runner logs it
+        setup.outcomes.durable(h, b"the event")
+
+    assert setup.journal == ["mark", "forget"]
     assert setup.launcher.forgotten == [h]
 
 
