@@ -685,6 +685,29 @@ class Workspace:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def orchestrator_processes(space: Workspace, processes: int) -> list[OrchestratorProcess]:
+    """``processes`` orchestrators of one workspace's config, as supervisor.conf runs them: the first on
+    the config's ``http.port``, each other on its own (``ORCH_HTTP_PORT``), each with its own log."""
+    return [
+        OrchestratorProcess(
+            space.config_path,
+            space.log_path if i == 1 else space.log_path.replace(".log", f"-{i}.log"),
+            space.dir,
+            extra_env={} if i == 1 else {"ORCH_HTTP_PORT": str(free_port())},
+        )
+        for i in range(1, processes + 1)
+    ]
+
+
+def joined_events(orchestrators: Sequence[OrchestratorProcess]) -> dict[str, list[str]]:
+    """Every process's ``deploymentId -> statuses``, joined (a job is normally one process's)."""
+    events: dict[str, list[str]] = {}
+    for orchestrator in orchestrators:
+        for deployment_id, statuses in orchestrator.events.items():
+            events.setdefault(deployment_id, []).extend(statuses)
+    return events
+
+
 def orchestrator_throughput(
     n: int, args: argparse.Namespace, round_no: int, system: str = "orchestrator"
 ) -> OrchestratorRun:
@@ -696,15 +719,7 @@ def orchestrator_throughput(
     """
     processes = ORCHESTRATOR_PROCESSES[system]
     space = Workspace(args, f"r{round_no}", "amqp")
-    orchestrators = [
-        OrchestratorProcess(
-            space.config_path,
-            space.log_path if processes == 1 else space.log_path.replace(".log", f"-{i}.log"),
-            space.dir,
-            extra_env={} if processes == 1 else {"ORCH_HTTP_PORT": str(free_port())},
-        )
-        for i in range(1, processes + 1)
-    ]
+    orchestrators = orchestrator_processes(space, processes)
     problems: list[str] = []
     failed = True
     try:
@@ -740,12 +755,9 @@ def orchestrator_throughput(
         depths = queue_depths(space.config)
         if any(depths.values()):
             errors.append(f"{what}: messages left behind {depths}")
-        events: dict[str, list[str]] = {}
         for orchestrator in orchestrators:
             problems += orchestrator.all_problems()
-            for deployment_id, statuses in orchestrator.events.items():
-                events.setdefault(deployment_id, []).extend(statuses)
-        problems += event_anomalies(events, ids)
+        problems += event_anomalies(joined_events(orchestrators), ids)
         if errors:
             raise BrokenPromiseError(errors, problems)
         failed = False
@@ -843,9 +855,10 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 
 def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
-    """One orchestrator (both sinks), a paced publisher, /health polled meanwhile."""
+    """``--latency-processes`` orchestrators (both sinks), a paced publisher, /health of the first
+    polled meanwhile."""
     space = Workspace(args, "latency", "amqp,redis")
-    orchestrator = OrchestratorProcess(space.config_path, space.log_path, space.dir)
+    orchestrators = orchestrator_processes(space, args.latency_processes)
     count = round(args.rate * args.seconds)
     bodies = job_bodies(f"bl-{space.tag.split('.')[0]}", count)
     publisher = PacedPublisher(space.config, bodies, args.rate)
@@ -856,9 +869,10 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
         declare(space.config)
         with StatusCollector(space.config) as collector:
             try:
-                orchestrator.start()
-                startup = orchestrator.wait_consuming()
-                cpu_start = orchestrator.cpu_at_consuming or orchestrator.cpu()
+                for orchestrator in orchestrators:
+                    orchestrator.start()
+                startup = max(orchestrator.wait_consuming() for orchestrator in orchestrators)
+                cpu_start = [o.cpu_at_consuming or o.cpu() for o in orchestrators]
                 poller.start()
                 publisher.start()
                 publisher.join(args.seconds + args.timeout)
@@ -866,21 +880,24 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
                     raise BenchError(f"the paced publisher failed: {publisher.error!r}")
                 last_publish = max(publisher.published_at.values())
                 left = max(0.0, last_publish + args.deadline - time.monotonic())
-                kept_up = wait_for_terminal(collector, orchestrator, count, left, "latency")
+                kept_up = wait_for_terminal(collector, orchestrators, count, left, "latency")
                 ended = kept_up or wait_for_terminal(
-                    collector, orchestrator, count, args.timeout, "latency", args.stall_seconds
+                    collector, orchestrators, count, args.timeout, "latency", args.stall_seconds
                 )
-                cpu_end = orchestrator.cpu()
+                cpu_end = [orchestrator.cpu() for orchestrator in orchestrators]
                 live = f"{collector.dispatched} dispatched and {collector.terminal} of {count} jobs ended"
             finally:
                 poller.stop()
-                orchestrator.stop()
+                for orchestrator in orchestrators:
+                    orchestrator.stop()
             wait_status_queue_drained(space.config)
             collected = collector.finish()
         ids = [i for i, _ in bodies]
         errors = [] if ended else [f"latency: {live}; none ended in the last {args.stall_seconds:g} s"]
         errors += check_outcomes(collected, ids, "latency")
-        problems = orchestrator.all_problems() + orchestrator.event_anomalies(ids)
+        for orchestrator in orchestrators:
+            problems += orchestrator.all_problems()
+        problems += event_anomalies(joined_events(orchestrators), ids)
         problems += [
             f"/health answered {status} {at:.2f} s into the run: {body}"
             for at, status, body in poller.failures
@@ -892,7 +909,9 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
         dispatched = [collected.dispatched_at[i] - at for i, at in published.items()]
         terminal = [collected.terminal_at[i] - at for i, at in published.items()]
         last_end = max(collected.terminal_at[i] for i in ids)
+        spans = list(zip(cpu_start, cpu_end, strict=True))
         return {
+            "processes": args.latency_processes,
             "jobs": count,
             "offered_rate": len(published) / publisher.elapsed if publisher.elapsed else float("nan"),
             "publisher_lag_ms": 1000 * publisher.lag,
@@ -903,18 +922,28 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
             "kept_up": kept_up,
             "deadline_seconds": args.deadline,
             "last_end_after_last_publish_seconds": last_end - last_publish,
-            "own_cpu_ms_per_job": 1000 * (cpu_end.own - cpu_start.own) / count,
-            "children_cpu_ms_per_job": 1000 * (cpu_end.children - cpu_start.children) / count,
+            "own_cpu_ms_per_job": 1000 * sum(end.own - start.own for start, end in spans) / count,
+            "children_cpu_ms_per_job": 1000
+            * sum(end.children - start.children for start, end in spans)
+            / count,
             "startup_seconds": startup,
-            "stop_seconds": orchestrator.stop_seconds,
-            "exit_code": orchestrator.returncode,
+            "stop_seconds": max(orchestrator.stop_seconds or 0.0 for orchestrator in orchestrators),
+            "exit_code": next(
+                (o.returncode for o in orchestrators if o.returncode != CLEAN_EXIT),
+                orchestrators[0].returncode,
+            ),
             "events": dict(collected.statuses),
             "problems": problems,
-            "settings": {"status.sinks": "amqp,redis", "local.command": args.worker_command},
+            "settings": {
+                "status.sinks": "amqp,redis",
+                "local.command": args.worker_command,
+                "processes": args.latency_processes,
+            },
         }
     finally:
         if failed:
-            orchestrator.stop()
+            for orchestrator in orchestrators:
+                orchestrator.stop()
         space.close(had_problems=failed or bool(problems))
 
 
@@ -1014,7 +1043,8 @@ def latency_line(lat: dict[str, Any]) -> str:
     """The latency run's other figures, in one line."""
     health = lat["health"]
     return (
-        f"latency: {lat['jobs']} jobs, offered {lat['offered_rate']:.1f} jobs/s "
+        f"latency: {lat['jobs']} jobs to {lat['processes']} process(es), "
+        f"offered {lat['offered_rate']:.1f} jobs/s "
         f"(publisher lag {lat['publisher_lag_ms']:.1f} ms), /health {health['requests']} requests "
         f"{health['statuses']}, orchestrator CPU {lat['own_cpu_ms_per_job']:.2f} ms/job "
         f"+ children {lat['children_cpu_ms_per_job']:.2f} ms/job, "
@@ -1063,7 +1093,10 @@ def plot(path: str, summary: dict[str, Any], machine_line: str) -> None:
         ax.set_xticks(range(len(groups)), [label for _, label in groups])
         ax.set_yscale("log")
         ax.set_ylabel("ms (dashed: p99 target)")
-        ax.set_title(f"Orchestrator latency at {latency['offered_rate']:.0f} jobs/s offered")
+        ax.set_title(
+            f"Orchestrator latency at {latency['offered_rate']:.0f} jobs/s offered "
+            f"({latency.get('processes', 1)} process(es))"
+        )
         ax.legend()
     fig.suptitle(machine_line, fontsize=8)
     fig.tight_layout()
@@ -1089,6 +1122,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--rate", type=float, default=200.0, help="latency: offered jobs/s")
     parser.add_argument("--seconds", type=float, default=30.0, help="latency: how long it is offered")
+    parser.add_argument(
+        "--latency-processes",
+        type=int,
+        default=1,
+        choices=(1, 2),
+        help="latency: orchestrator processes (2: as supervisor.conf deploys them)",
+    )
     parser.add_argument(
         "--deadline",
         type=float,
@@ -1218,8 +1258,8 @@ def measure_all(args: argparse.Namespace, box: dict[str, Any], machine_line: str
     latency: dict[str, Any] | None = None
     if not args.skip_latency and "orchestrator" in args.systems:
         print(
-            f"{PROGRESS} latency: {args.rate:g} jobs/s offered for {args.seconds:g} s, both sinks, "
-            "/health polled",
+            f"{PROGRESS} latency: {args.rate:g} jobs/s offered for {args.seconds:g} s to "
+            f"{args.latency_processes} process(es), both sinks, /health polled",
             flush=True,
         )
         try:
