@@ -349,10 +349,6 @@ class OrchestratorProcess:
         except OSError:
             return ""
 
-    def event_anomalies(self, ids: Sequence[str], limit: int = 10) -> list[str]:
-        """From its own log: statuses it published twice for a job, and jobs it left without an end."""
-        return event_anomalies(self.events, ids, limit)
-
     def all_problems(self) -> list[str]:
         return self.shutdown_problems() + [f"log {p.level}: {p.text}" for p in self.problems]
 
@@ -708,6 +704,18 @@ def joined_events(orchestrators: Sequence[OrchestratorProcess]) -> dict[str, lis
     return events
 
 
+def exit_code_of(orchestrators: Sequence[OrchestratorProcess]) -> int | None:
+    """The first exit code of the processes that is not a clean one; else the first process's."""
+    return next(
+        (o.returncode for o in orchestrators if o.returncode != CLEAN_EXIT), orchestrators[0].returncode
+    )
+
+
+def stop_seconds_of(orchestrators: Sequence[OrchestratorProcess]) -> float:
+    """How long the slowest process took to stop."""
+    return max(orchestrator.stop_seconds or 0.0 for orchestrator in orchestrators)
+
+
 def orchestrator_throughput(
     n: int, args: argparse.Namespace, round_no: int, system: str = "orchestrator"
 ) -> OrchestratorRun:
@@ -772,11 +780,8 @@ def orchestrator_throughput(
                 None if first.broker_cpu_at_consuming is None else broker_end - first.broker_cpu_at_consuming
             ),
             startup_seconds=startup,
-            stop_seconds=max(orchestrator.stop_seconds or 0.0 for orchestrator in orchestrators),
-            exit_code=next(
-                (o.returncode for o in orchestrators if o.returncode != CLEAN_EXIT),
-                orchestrators[0].returncode,
-            ),
+            stop_seconds=stop_seconds_of(orchestrators),
+            exit_code=exit_code_of(orchestrators),
             events=dict(collected.statuses),
             log_lines=sum(orchestrator.lines for orchestrator in orchestrators),
             problems=problems,
@@ -927,11 +932,8 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
             * sum(end.children - start.children for start, end in spans)
             / count,
             "startup_seconds": startup,
-            "stop_seconds": max(orchestrator.stop_seconds or 0.0 for orchestrator in orchestrators),
-            "exit_code": next(
-                (o.returncode for o in orchestrators if o.returncode != CLEAN_EXIT),
-                orchestrators[0].returncode,
-            ),
+            "stop_seconds": stop_seconds_of(orchestrators),
+            "exit_code": exit_code_of(orchestrators),
             "events": dict(collected.statuses),
             "problems": problems,
             "settings": {
