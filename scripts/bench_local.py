@@ -521,7 +521,7 @@ def wait_status_queue_drained(config: Config, timeout: float = 10.0) -> None:
 
 def wait_for_terminal(
     collector: StatusCollector,
-    orchestrators: OrchestratorProcess | Sequence[OrchestratorProcess],
+    orchestrators: Sequence[OrchestratorProcess],
     count: int,
     timeout: float,
     what: str,
@@ -533,10 +533,8 @@ def wait_for_terminal(
     out the whole timeout).
 
     Raises:
-        BenchError: the orchestrator or the collector died.
+        BenchError: an orchestrator or the collector died.
     """
-    if isinstance(orchestrators, OrchestratorProcess):
-        orchestrators = [orchestrators]
     deadline = time.monotonic() + timeout
     progress, progress_at = collector.terminal, time.monotonic()
     while collector.terminal < count:
