@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,7 @@ def test_a_state_dir_on_tmpfs_is_warned_about(tmp_path: Path, caplog: pytest.Log
         with caplog.at_level(logging.WARNING, logger="orchestrator.launch.local_store"):
             TaskStore(state_dir)
     finally:
-        for sub in sorted(state_dir.rglob("*"), reverse=True):
-            sub.rmdir()
-        state_dir.rmdir()
+        shutil.rmtree(state_dir, ignore_errors=True)
     [record] = [r for r in caplog.records if "local.state_dir" in r.getMessage()]
     assert record.levelno == logging.WARNING
     assert f"{state_dir} is on tmpfs" in record.getMessage()
