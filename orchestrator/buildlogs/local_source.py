@@ -1,7 +1,8 @@
 """The log source of local tasks: one follower for every followed ``logs/<id>.log`` file.
 
 No thread of its own and none per task: the pump calls :meth:`LocalLogSource.poll`, which reads what
-each followed file gained since the last poll with ``os.pread`` at the task's offset, at most
+each followed file gained since the last poll (:meth:`LocalLogSource.poll_ended`: only the files of
+tasks that ended) with ``os.pread`` at the task's offset, at most
 :data:`DEFAULT_READ_BYTES` per task per poll, so one chatty task cannot starve the others and a
 poll's work is bounded. Only complete lines are returned while the task runs; once it ended
 (:meth:`LocalLogSource.task_ended`) the rest of the file is returned too, a last line without its
@@ -100,12 +101,22 @@ class LocalLogSource:
             self.unfollow(task_id)
 
     def poll(self, max_lines: int) -> list[tuple[str, list[RawLine]]]:
+        return self._poll(max_lines, ended_only=False)
+
+    def poll_ended(self, max_lines: int) -> list[tuple[str, list[RawLine]]]:
+        """:meth:`poll` of the tasks that ended only: what the pump reads between two full polls, when
+        a task's end (not the clock) woke it — the running tasks wait for the next full poll."""
+        return self._poll(max_lines, ended_only=True)
+
+    def _poll(self, max_lines: int, *, ended_only: bool) -> list[tuple[str, list[RawLine]]]:
         out: list[tuple[str, list[RawLine]]] = []
         budget = max_lines
         now = time.time()
         for task_id, followed in self._tasks.items():
             if budget <= 0:
                 break
+            if ended_only and not followed.ended:
+                continue
             lines = self._read(followed, budget, now)
             if lines:
                 budget -= len(lines)
@@ -125,7 +136,9 @@ class LocalLogSource:
                     raise
                 return []
         start = followed.offset + len(followed.pending)
-        data = os.pread(followed.fd, self._read_bytes - len(followed.pending), start)
+        wanted = self._read_bytes - len(followed.pending)
+        data = os.pread(followed.fd, wanted, start)
+        at_end = len(data) < wanted  # a short read: nothing more was in the file when it was read
         buffer = followed.pending + data if followed.pending else data
         if not buffer:
             return []
@@ -139,7 +152,7 @@ class LocalLogSource:
                 end, next_pos = newline, newline + 1
             elif size - pos > self._max_line:
                 end = next_pos = pos + split_raw(buffer[pos : pos + self._max_line + 1], self._max_line)
-            elif followed.ended and pos < size and not data:
+            elif followed.ended and pos < size and at_end:
                 end = next_pos = size  # the last line, without its newline, once nothing more comes
             else:
                 break

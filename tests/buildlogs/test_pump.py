@@ -3,6 +3,7 @@ hostile output, caps, Redis going away, and the bounded wait for a task's last l
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -360,3 +361,67 @@ def test_lines_read_while_redis_is_down_are_published_when_it_is_back(
         pump.close()
         proxy.stop()
         proxied.close()
+
+
+def test_a_round_a_request_woke_reads_the_ended_tasks_and_leaves_the_running_ones_to_the_full_round(
+    client: RedisClient, prefix: str, tmp_path: Path
+) -> None:
+    # Given a pump (its rounds run here, not on its thread) following a running and an ending task
+    sink = RedisStreamSink(client, prefix, max_lines_kept=100_000, ttl_seconds=600)
+    source = LocalLogSource(tmp_path, 8192)
+    pump = LogPump(FAST, sink, {"local": source})
+    running, ending = handle("run"), handle("end")
+    for task in (running, ending):
+        path = Path(source.location_of(task))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        append(path, b"hello from %s\n" % task.deployment_id.encode())
+        pump.follow(task)
+    pump.run_round()
+    assert [line.line for line in lines_of(client, sink.key("run"))] == ["hello from run"]
+    append(Path(source.location_of(running)), b"more\n")
+    append(Path(source.location_of(ending)), b"bye")
+    flushed: list[bool] = []
+    # When the ending task's finish wakes a round between two full ones
+    pump.finish(ending, "succeeded", flushed.append)
+    pump.run_round(full=False)
+    # Then the ended task's log is read to its end and ended, and its finish called back
+    assert flushed == [True]
+    assert [line.line for line in lines_of(client, sink.key("end"))] == ["hello from end", "bye"]
+    ended = LogEnd(attempt=1, status="succeeded", last_seq=2, dropped=0)
+    assert entries(client, sink.key("end"))[-1] == ended
+    # while the running task's new line waits for the next full round
+    assert len(lines_of(client, sink.key("run"))) == 1
+    pump.run_round()
+    assert [line.line for line in lines_of(client, sink.key("run"))] == ["hello from run", "more"]
+    pump.close()
+
+
+def test_a_storm_of_requests_does_not_keep_the_running_tasks_from_being_read(
+    client: RedisClient, prefix: str, tmp_path: Path, pumps: list[Pumped]
+) -> None:
+    # Given a pump following a running task, woken without pause by requests (each a partial round)
+    pumped = Pumped(client, prefix, tmp_path, LogsConfig(poll_seconds=0.05, final_wait_seconds=5.0))
+    pumps.append(pumped)
+    task = handle()
+    path = pumped.log_path(task)
+    pumped.pump.follow(task)
+    stop = threading.Event()
+
+    def published_is(count: int) -> bool:
+        return len(lines_of(client, pumped.sink.key("dep"))) == count
+
+    def storm() -> None:
+        while not stop.is_set():
+            pumped.pump.unfollow("nobody")
+
+    stormer = threading.Thread(target=storm, daemon=True)
+    stormer.start()
+    try:
+        # When the task writes lines during the storm
+        for n in range(1, 6):
+            append(path, b"during the storm %d\n" % n)
+            # Then each is published: full rounds still come every poll_seconds
+            wait_until(functools.partial(published_is, n), 10, f"line {n} to be published in the storm")
+    finally:
+        stop.set()
+        stormer.join(5)

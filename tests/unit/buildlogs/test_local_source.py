@@ -113,3 +113,26 @@ def test_a_file_that_does_not_exist_yet_is_read_once_it_does(tmp_path: Path) -> 
     path.write_bytes(b"here\n")
     assert texts(source.poll(100)) == [b"here"]
     source.close()
+
+
+def test_poll_ended_reads_the_tasks_that_ended_and_leaves_the_running_ones_where_they_are(
+    tmp_path: Path, log: Path
+) -> None:
+    running = tmp_path / "logs" / "dep-2.log"
+    running.write_bytes(b"still going\n")
+    log.write_bytes(b"done\nlast words")
+    source = LocalLogSource(tmp_path, 1024)
+    source.follow(task(log), None)
+    source.follow(task(running, "dep-2"), None)
+    source.task_ended("dep-1")
+    # Only the ended task is read, its unterminated last line included, in one read (the read came
+    # short of what it asked: the file had nothing more)
+    polled = source.poll_ended(100)
+    assert [task_id for task_id, _ in polled] == ["dep-1"]
+    assert texts(polled) == [b"done", b"last words"]
+    assert source.poll_ended(100) == []
+    assert source.caught_up("dep-1")
+    # The running task's line was not consumed: the next full poll returns it
+    polled = source.poll(100)
+    assert [task_id for task_id, _ in polled] == ["dep-2"]
+    assert [(line.text, line.cursor) for _, lines in polled for line in lines] == [(b"still going", "off:12")]
