@@ -52,17 +52,7 @@ class StopDone(msgspec.Struct, frozen=True):
 
 #: What the TimeoutMonitor is told.
 MonitorMessage = (
-    Track
-    | Tick
-    | Observed
-    | TasksEnded
-    | Adopted
-    | StopDone
-    | StopRequest
-    | StopsSwept
-    | SweepDue
-    | Fenced
-    | OutcomeDurable
+    Track | Tick | Observed | TasksEnded | Adopted | StopDone | StopRequest | StopsSwept | SweepDue | Fenced
 )
 
 
@@ -81,6 +71,7 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
         coordination: Coordination,
         handles: Mapping[str, ActorHandle],
         settler: Settler,
+        durable: Callable[[OutcomeDurable], None],
         logs: LogPump | None = None,
     ) -> None:
         super().__init__(reporter)
@@ -108,7 +99,7 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
         #: Publishes the followed attempts' events; the last one waits for the build log's last lines.
         self._events = AttemptEvents(
             publish=publisher.tell,
-            tell=self.actor_ref.tell,
+            durable=durable,
             submit=self._executor.submit,
             taken_elsewhere=lambda handles: taken_elsewhere(handles, coordination),
             lease_seconds=config.limits.lease_seconds,
@@ -174,8 +165,6 @@ class TimeoutMonitorActor(SupervisedActor[MonitorMessage]):
             case Fenced():
                 self._outcomes.fenced(message)
                 metrics.JOBS_RUNNING.set(len(self._table))
-            case OutcomeDurable(handle, outcome):
-                self._outcomes.durable(handle, outcome)
             case _:
                 assert_never(message)
 

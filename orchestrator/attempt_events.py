@@ -69,7 +69,8 @@ class AttemptEvents:
 
     Args:
         publish: tells the Publisher a :class:`Publish`.
-        tell: tells the TimeoutMonitor (:class:`OutcomeDurable`, from the publisher's I/O thread).
+        durable: takes an :class:`OutcomeDurable` (on the publisher's I/O thread, so it must not block:
+            :meth:`orchestrator.completions.Completions.done`).
         submit: runs a callable (with its arguments) on the TimeoutMonitor's executor.
         taken_elsewhere: (off the actor thread) the task ids of those handles another process adopted
             or finished (:func:`orchestrator.fencing.taken_elsewhere`).
@@ -81,14 +82,14 @@ class AttemptEvents:
         self,
         *,
         publish: Callable[[Publish], None],
-        tell: Callable[[object], None],
+        durable: Callable[[OutcomeDurable], None],
         submit: Callable[..., object],
         taken_elsewhere: Callable[[Sequence[TaskHandle]], set[str]],
         lease_seconds: float,
         logs: BuildLogs | None,
     ) -> None:
         self._publish = publish
-        self._tell = tell
+        self._durable = durable
         self._submit = submit
         self._taken_elsewhere = taken_elsewhere
         self._lease_seconds = lease_seconds
@@ -145,10 +146,10 @@ class AttemptEvents:
 
     def publish_last(self, handle: TaskHandle, publish: Publish, outcome: str) -> None:
         """Publish how an attempt ended once its log is complete (at once when it is not followed);
-        the TimeoutMonitor is told :class:`OutcomeDurable` once the broker confirmed it.
+        ``durable`` is given an :class:`OutcomeDurable` once the broker confirmed it.
 
         The pump calls back on its own thread, within ``logs.final_wait_seconds``; the callback only
-        tells (the publisher, and the monitor once the outcome is durable), so it never blocks.
+        tells (the publisher, and, once the outcome is durable, the completions), so it never blocks.
 
         Args:
             handle: the attempt's task.
@@ -161,7 +162,7 @@ class AttemptEvents:
             durable = OutcomeDurable(
                 handle=handle, outcome=msgspec.json.encode(final.events[-1]) if final.events else b""
             )
-            self._publish(msgspec.structs.replace(final, after=functools.partial(self._tell, durable)))
+            self._publish(msgspec.structs.replace(final, after=functools.partial(self._durable, durable)))
 
         if self._logs is None or self._logs_key(handle) is None:
             send(True)

@@ -4,7 +4,8 @@ A task that ended has its ending concluded by the lifecycle core (:func:`orchest
 finish, retry later, or drop, and whether its slot is released); the decision is made durable by one
 publish, sent once the task's build log is complete (:class:`~orchestrator.attempt_events.AttemptEvents`).
 Only when the broker confirmed it (:class:`~orchestrator.attempt_events.OutcomeDurable`) is the
-attempt marked done in Redis and its task forgotten by its launcher. A change of a task another
+attempt marked done in Redis and its task forgotten by its launcher
+(:class:`~orchestrator.completions.Completions`, handed it by the Publisher). A change of a task another
 process adopted or finished while this one lagged is left to that process. Plain logic, run on the
 TimeoutMonitor's thread; the best-effort calls that may take long (the done markers, a launcher
 forgetting a task) go to ``background``.
@@ -15,13 +16,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Final
 
 from orchestrator import metrics
 from orchestrator.attempt_events import AttemptEvents
 from orchestrator.commands import Publish, Release
 from orchestrator.config import Config
-from orchestrator.coordination import attempt_done_key
 from orchestrator.fencing import Fenced
 from orchestrator.launch.base import Launcher, TaskHandle
 from orchestrator.launch.guard import GuardedLauncher
@@ -32,9 +31,6 @@ from orchestrator.shared import Coordination
 from orchestrator.tracking import BecameRunning, Ended, TaskTable
 
 log = logging.getLogger(__name__)
-
-#: A done marker outlives the time ECS keeps listing a stopped task (about an hour).
-DONE_MARKER_SECONDS: Final = 6 * 3600
 
 
 class Outcomes:
@@ -142,26 +138,7 @@ class Outcomes:
         self._forget_attempt(handle)
         if publish is None:
             self._forget_task(handle)
-        # (else once the outcome is confirmed: see durable)
-
-    def durable(self, handle: TaskHandle, outcome: bytes) -> None:
-        """The outcome of ``handle``'s attempt is confirmed: mark the attempt done (no adopter, and no
-        late duplicate, handles it again; ``outcome`` answers a duplicate), then forget the task.
-
-        One call off the actor thread for both, in that order: the task's record answers a duplicate
-        until the marker does (a failed marker is logged; the task is forgotten all the same).
-        """
-        self._background(self._mark_done_then_forget, handle, outcome)
-
-    def _mark_done_then_forget(self, handle: TaskHandle, outcome: bytes) -> None:
-        try:
-            self._shared.done_markers.mark_all(
-                (handle.task_id, attempt_done_key(handle.deployment_id, handle.attempt)),
-                DONE_MARKER_SECONDS,
-                (handle.deployment_id, outcome) if outcome else None,
-            )
-        finally:
-            self._forget_now(handle)
+        # (else once the outcome is confirmed: orchestrator.completions)
 
     def _forget_task(self, handle: TaskHandle) -> None:
         """Let the launcher forget an ended task whose outcome is durable (or that had none)."""

@@ -19,6 +19,7 @@ from orchestrator.buildlogs.model import LogSource
 from orchestrator.buildlogs.pump import LogPump
 from orchestrator.buildlogs.redis_stream import RedisStreamSink
 from orchestrator.commands import TasksEnded
+from orchestrator.completions import Completions
 from orchestrator.config import LAUNCHERS, Config
 from orchestrator.coordination import (
     DoneMarkers,
@@ -151,6 +152,11 @@ def register_pipeline(
         for name, launcher in launchers.items()
     }
     table = TaskTable()
+    # Confirmed outcomes go from the publisher's I/O thread straight to their own thread, which outlives
+    # the actors' restarts and finishes its work before the process stops.
+    completions = Completions(done_markers, launchers)
+    completions.start()
+    supervisor.on_stopped(completions.close)  # (before the launchers close: it has them forget tasks)
     logs = build_log_pump(config, client, launchers)
     if logs is not None:
         logs.start()
@@ -188,6 +194,7 @@ def register_pipeline(
             coordination,
             {name: handle(name) for name in (PUBLISHER, RATE_LIMITER)},
             settler,
+            completions.done,
             logs,
         ),
         depends_on=[PUBLISHER],

@@ -223,12 +223,27 @@ class DoneMarkers:
         Raises:
             CoordinationError: Redis is down.
         """
+        self.mark_many([(task_ids, outcome)], ttl_seconds)
+
+    def mark_many(
+        self,
+        entries: Sequence[tuple[Sequence[str], tuple[str, bytes] | None]],
+        ttl_seconds: int,
+    ) -> None:
+        """:meth:`mark_all` of each ``(task_ids, outcome)`` entry, all in one round trip.
+
+        Raises:
+            CoordinationError: Redis is down.
+        """
+        if not entries:
+            return
         with redis_errors("marking tasks done"):
             pipe = self._client.pipeline(transaction=False)
-            for task_id in task_ids:
-                pipe.set(self._key(task_id), "1", ex=ttl_seconds)
-            if outcome is not None:
-                pipe.set(self._key(outcome_key(outcome[0])), outcome[1], ex=ttl_seconds)
+            for task_ids, outcome in entries:
+                for task_id in task_ids:
+                    pipe.set(self._key(task_id), "1", ex=ttl_seconds)
+                if outcome is not None:
+                    pipe.set(self._key(outcome_key(outcome[0])), outcome[1], ex=ttl_seconds)
             pipe.execute()
 
     def last_outcome(self, deployment_id: str) -> bytes | None:

@@ -178,3 +178,27 @@ def test_tasks_adopted_or_finished_elsewhere_are_fenced_off(client: RedisClient,
         adopter.stop()
     assert taken == {"t-adopted", "t-finished", "t-attempt-done"}
     assert slow.handled_elsewhere([], done, []) == set()
+
+
+@pytest.mark.services
+def test_many_attempts_are_marked_done_in_one_call_each_with_its_outcome(
+    client: RedisClient, prefix: str
+) -> None:
+    done = DoneMarkers(client, prefix)
+    # When three attempts are marked at once, two of them with their last event
+    done.mark_many(
+        [
+            (("t-1", attempt_done_key("d-1", 1)), ("d-1", b'{"status":"succeeded"}')),
+            (("t-2", attempt_done_key("d-2", 3)), None),
+            (("t-3", attempt_done_key("d-3", 1)), ("d-3", b'{"status":"failed"}')),
+        ],
+        60,
+    )
+    # Then every task and attempt is done, each outcome answers its deployment, and all expire
+    keys = ["t-1", "t-2", "t-3", *(attempt_done_key(f"d-{n}", a) for n, a in ((1, 1), (2, 3), (3, 1)))]
+    assert done.done([*keys, "t-other"]) == set(keys)
+    assert done.last_outcome("d-1") == b'{"status":"succeeded"}'
+    assert done.last_outcome("d-2") is None
+    assert done.last_outcome("d-3") == b'{"status":"failed"}'
+    assert all(0 < client.ttl(done.key(k)) <= 60 for k in keys)
+    done.mark_many([], 60)  # nothing to mark: no call

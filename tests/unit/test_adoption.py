@@ -50,7 +50,7 @@ class Setup:
         self.submitted: list[Callable[[], None]] = []
         events = AttemptEvents(
             publish=lambda publish: None,
-            tell=self.told.append,
+            durable=self.told.append,
             submit=lambda call, *args: call(*args),
             taken_elsewhere=lambda handles: set(),
             lease_seconds=LEASE,

@@ -48,7 +48,7 @@ class FakeLogs:
 
 
 class Setup:
-    """An :class:`AttemptEvents` whose tells, executor and Redis check are lists."""
+    """An :class:`AttemptEvents` whose tells, durable outcomes, executor and Redis check are lists."""
 
     def __init__(self, logs: FakeLogs | None, taken: set[str] | None = None) -> None:
         self.published: list[Publish] = []
@@ -57,7 +57,7 @@ class Setup:
         self.taken = taken or set()
         self.events = AttemptEvents(
             publish=self.published.append,
-            tell=self.told.append,
+            durable=self.told.append,
             submit=self.submit,
             taken_elsewhere=self.taken_elsewhere,
             lease_seconds=LEASE_SECONDS,

@@ -7,19 +7,18 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
-import pytest
+import msgspec
 
-from orchestrator.attempt_events import AttemptEvents
+from orchestrator.attempt_events import AttemptEvents, OutcomeDurable
 from orchestrator.commands import Publish, Release
 from orchestrator.config import load_config
-from orchestrator.coordination import attempt_done_key
 from orchestrator.fencing import Fenced
 from orchestrator.launch.base import Launcher, TaskHandle
 from orchestrator.launch.guard import GuardedLauncher
 from orchestrator.lifecycle import Drop, Finish, RetryLater
 from orchestrator.logs import FAILURE, SUCCESS, WARNING
 from orchestrator.messages import BuildJob
-from orchestrator.outcomes import DONE_MARKER_SECONDS, Outcomes, decision_mark
+from orchestrator.outcomes import Outcomes, decision_mark
 from orchestrator.shared import Coordination
 from orchestrator.tracking import BecameRunning, Ended, Outcome, TaskTable, Tracked
 
@@ -29,30 +28,23 @@ JOB = BuildJob(deployment_id="dep-1", repository="https://github.com/a/b")
 class Forgets:
     """Stands in for a launcher or a guard: records what it was told to forget."""
 
-    def __init__(self, journal: list[str] | None = None) -> None:
+    def __init__(self) -> None:
         self.forgotten: list[Any] = []
-        self.journal = journal if journal is not None else []
 
     def forget(self, *what: Any) -> None:
-        self.journal.append("forget")
         self.forgotten.append(what if len(what) > 1 else what[0])
 
 
 class Redis:
     """The pending retries and done markers of :class:`Coordination`, as lists."""
 
-    def __init__(self, journal: list[str] | None = None) -> None:
+    def __init__(self) -> None:
         self.waiting: list[tuple[str, str, int, int]] = []
         self.marked: list[tuple[tuple[str, ...], int, tuple[str, bytes] | None]] = []
-        self.journal = journal if journal is not None else []
-        self.down = False
         self.pending_retries = SimpleNamespace(waiting=lambda *args: self.waiting.append(args))
         self.done_markers = SimpleNamespace(mark_all=self.mark_all)
 
     def mark_all(self, task_ids: tuple[str, ...], ttl: int, outcome: tuple[str, bytes] | None) -> None:
-        self.journal.append("mark")
-        if self.down:
-            raise ConnectionError("Redis is down")
         self.marked.append((task_ids, ttl, outcome))
 
 
@@ -61,18 +53,15 @@ class Setup:
 
     def __init__(self, *, stop_requested: bool = False, **env: str) -> None:
         self.table = TaskTable()
-        #: What the launcher and Redis were asked, in order; and how many calls went off-thread.
-        self.journal: list[str] = []
-        self.background_calls = 0
-        self.launcher = Forgets(self.journal)
+        self.launcher = Forgets()
         self.guard = Forgets()
-        self.redis = Redis(self.journal)
+        self.redis = Redis()
         self.published: list[Publish] = []
         self.released: list[Release] = []
-        self.told: list[object] = []
+        self.durable: list[OutcomeDurable] = []
         events = AttemptEvents(
             publish=self.published.append,
-            tell=self.told.append,
+            durable=self.durable.append,
             submit=lambda call, *args: call(*args),
             taken_elsewhere=lambda handles: set(),
             lease_seconds=30.0,
@@ -91,7 +80,6 @@ class Setup:
         )
 
     def background(self, call: Callable[..., object], *args: object) -> None:
-        self.background_calls += 1
         call(*args)
 
 
@@ -128,37 +116,13 @@ def test_a_success_is_published_and_the_task_forgotten_only_once_it_is_durable()
     assert setup.guard.forgotten == [("dep-1", 1)]
     assert setup.launcher.forgotten == [], "the task's record is kept until its outcome is confirmed"
 
-    setup.outcomes.durable(h, b"the event")
+    # Once the broker confirms it, the confirmed outcome goes to the completions (their own thread)
+    publish.after()
 
-    assert setup.redis.marked == [
-        ((h.task_id, attempt_done_key("dep-1", 1)), DONE_MARKER_SECONDS, ("dep-1", b"the event"))
-    ]
-    assert setup.launcher.forgotten == [h]
-
-
-def test_a_durable_outcome_marks_the_attempt_done_then_forgets_the_task_in_one_off_thread_call() -> None:
-    setup = Setup()
-    h = handle()
-    setup.outcomes.ended(ended(h, "succeeded", 0))
-    calls_before = setup.background_calls
-
-    setup.outcomes.durable(h, b"the event")
-
-    assert setup.journal == ["mark", "forget"], "the record answers duplicates until the marker does"
-    assert setup.background_calls - calls_before == 1
-
-
-def test_a_done_marker_that_cannot_be_written_still_lets_the_task_be_forgotten() -> None:
-    setup = Setup()
-    h = handle()
-    setup.outcomes.ended(ended(h, "succeeded", 0))
-    setup.redis.down = True
-
-    with pytest.raises(ConnectionError):  # the off-thread runner logs it
-        setup.outcomes.durable(h, b"the event")
-
-    assert setup.journal == ["mark", "forget"]
-    assert setup.launcher.forgotten == [h]
+    [durable] = setup.durable
+    assert durable.handle == h
+    assert msgspec.json.decode(durable.outcome)["status"] == "succeeded"
+    assert setup.launcher.forgotten == [] and setup.redis.marked == [], "not on the monitor's thread"
 
 
 def test_a_failure_with_attempts_left_is_retried_and_its_retry_noted_for_a_stop() -> None:
