@@ -363,14 +363,20 @@ class OrchestratorProcess:
 
 def event_anomalies(events: dict[str, list[str]], ids: Sequence[str], limit: int = 10) -> list[str]:
     """Statuses logged twice as published for a job, and jobs left without an end, from the
-    ``deploymentId -> statuses`` of one log (or of several processes' logs, joined)."""
+    ``deploymentId -> statuses`` of one log (or of several processes' logs, joined).
+
+    The log's order is not checked: a status is logged when the broker confirms it, and RabbitMQ
+    may confirm a later message first (a persistent message that its consumer took at once is
+    confirmed before one that waits for the queue's next disk sync: a job's ``succeeded`` was seen
+    logged 245 ms before its ``dispatched``). The order on the wire is checked by the collector
+    (``Collected.out_of_order``)."""
     repeated, unended = [], []
     for deployment_id in ids:
         statuses = events.get(deployment_id, [])
         twice = sorted({s for s in statuses if statuses.count(s) > 1})
         if twice:
             repeated.append(f"{deployment_id} {'/'.join(twice)} twice ({' -> '.join(statuses)})")
-        if not statuses or statuses[-1] not in TERMINAL:
+        if not any(status in TERMINAL for status in statuses):
             unended.append(f"{deployment_id} ({' -> '.join(statuses) or 'no event'})")
     found = []
     if repeated:
@@ -581,6 +587,10 @@ def check_outcomes(collected: Collected, ids: Sequence[str], what: str) -> list[
     if collected.duplicates or collected.undecodable:
         errors.append(
             f"{what}: {collected.duplicates} duplicate and {collected.undecodable} undecodable status events"
+        )
+    if collected.out_of_order:
+        errors.append(
+            f"{what}: {collected.out_of_order} dispatched event(s) after their job's terminal event"
         )
     return errors
 

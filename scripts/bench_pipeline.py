@@ -585,9 +585,10 @@ def measure_pipeline(
         started = board.consuming_since
         if started is None:
             raise BenchError("the consumer never reported that it was consuming")
-        if collected.duplicates or collected.undecodable:
+        if collected.duplicates or collected.undecodable or collected.out_of_order:
             raise BenchError(
-                f"{collected.duplicates} duplicate and {collected.undecodable} undecodable status events"
+                f"{collected.duplicates} duplicate and {collected.undecodable} undecodable status events, "
+                f"{collected.out_of_order} dispatched after their job's terminal event"
             )
         b_ids = [deployment_id for deployment_id, _ in preloaded]
         return PipelineResult(

@@ -43,6 +43,7 @@ class Collected(msgspec.Struct, kw_only=True):
         dispatched_at: deploymentId -> arrival time of its first ``dispatched`` event.
         terminal_at: deploymentId -> arrival time of its first terminal event.
         duplicates: ``dispatched`` or terminal events seen again for the same deployment.
+        out_of_order: ``dispatched`` events that arrived after their deployment's terminal event.
         statuses: how many events of each status arrived.
         undecodable: messages that were not status events.
     """
@@ -50,6 +51,7 @@ class Collected(msgspec.Struct, kw_only=True):
     dispatched_at: dict[str, float]
     terminal_at: dict[str, float]
     duplicates: int
+    out_of_order: int
     statuses: dict[str, int]
     undecodable: int
 
@@ -74,7 +76,9 @@ def collect_status_events(
         results: where the :class:`Collected` goes, encoded with ``msgspec.msgpack``.
     """
     decoder = msgspec.json.Decoder(_EventHead)
-    collected = Collected(dispatched_at={}, terminal_at={}, duplicates=0, statuses={}, undecodable=0)
+    collected = Collected(
+        dispatched_at={}, terminal_at={}, duplicates=0, out_of_order=0, statuses={}, undecodable=0
+    )
 
     def on_message(_channel: Any, _method: Any, _properties: Any, body: bytes) -> None:
         now = time.monotonic()
@@ -86,6 +90,8 @@ def collect_status_events(
         collected.statuses[head.status] = collected.statuses.get(head.status, 0) + 1
         if head.status == "dispatched":
             seen, index = collected.dispatched_at, DISPATCHED
+            if head.deploymentId in collected.terminal_at:
+                collected.out_of_order += 1
         elif head.status in TERMINAL:
             seen, index = collected.terminal_at, TERMINAL_COUNT
         else:
