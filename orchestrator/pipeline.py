@@ -35,6 +35,7 @@ from orchestrator.launch import make_launcher
 from orchestrator.launch.base import Launcher, NotifiesEnds
 from orchestrator.launch.ecs import EcsLauncher
 from orchestrator.launch.guard import GuardedLauncher
+from orchestrator.launch.local import LocalLauncher
 from orchestrator.poison import RedeliveryCounter
 from orchestrator.reconcile import Reconciler
 from orchestrator.runtime.health import HealthBoard
@@ -173,8 +174,11 @@ def register_pipeline(
     settler = Settler()
 
     # Launchers that can tell of a task's end as it happens (local: a pidfd per task) tell the
-    # monitor at once; the poll stays the fallback and follows everything else.
+    # monitor at once; the poll stays the fallback and follows everything else. The local launcher
+    # also deletes old worker logs (local.log_retention_seconds) until it is closed.
     for launcher in launchers.values():
+        if isinstance(launcher, LocalLauncher):
+            launcher.sweep_logs()
         if isinstance(launcher, NotifiesEnds):
             launcher.notify_ends(lambda states: handle(MONITOR).tell(TasksEnded(states=tuple(states))))
             supervisor.on_stopped(launcher.close)

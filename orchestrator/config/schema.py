@@ -77,6 +77,8 @@ LAUNCHERS: Final = ("local", "fargate", "ec2")
 DEFAULT_LOCAL_COMMAND: Final = f"{shlex.quote(sys.executable)} -m orchestrator.worker"
 DEFAULT_LOCAL_STATE_DIR: Final = "/var/lib/blacktree-orchestrator"
 DEFAULT_LOCAL_STOP_GRACE_SECONDS: Final = 10.0
+#: Worker logs of ended local tasks are deleted this long after their last write (0: never).
+DEFAULT_LOCAL_LOG_RETENTION_SECONDS: Final = 3 * 24 * 3600
 #: Orchestrator environment variables a local worker gets besides the base allow-list (none).
 DEFAULT_LOCAL_PASS_ENV: Final[tuple[str, ...]] = ()
 
@@ -233,6 +235,8 @@ class LocalConfig(Section, frozen=True, kw_only=True):
     command: str = DEFAULT_LOCAL_COMMAND
     state_dir: str = DEFAULT_LOCAL_STATE_DIR
     stop_grace_seconds: float = DEFAULT_LOCAL_STOP_GRACE_SECONDS
+    #: Seconds an ended task's worker log is kept after its last write; 0 keeps every log.
+    log_retention_seconds: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_LOCAL_LOG_RETENTION_SECONDS
     #: Names of the orchestrator's environment variables passed on to local workers (e.g. DOCKER_HOST).
     pass_env: tuple[str, ...] = DEFAULT_LOCAL_PASS_ENV
 

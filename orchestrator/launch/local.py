@@ -33,6 +33,7 @@ from typing import Final
 import msgspec
 
 from orchestrator.config import Config
+from orchestrator.coordination.periodic import Periodic
 from orchestrator.errors import CapacityError, ConfigError, PermanentLaunchError
 from orchestrator.launch.base import (
     JobConflictError,
@@ -53,6 +54,7 @@ from orchestrator.launch.local_files import (
     file_id_of,
     pid_line,
 )
+from orchestrator.launch.local_logs import LogSweeper, sweep_interval
 from orchestrator.launch.local_process import (
     _start_time_of_child,
 )
@@ -105,6 +107,8 @@ class LocalLauncher:
         self._timers: dict[str, threading.Timer] = {}
         self._on_ends: Callable[[list[TaskState]], None] | None = None
         self._watcher: ExitWatcher | None = None
+        self.log_sweeper = LogSweeper(self.logs_dir, self.tasks_dir, config.local.log_retention_seconds)
+        self._sweeping: Periodic | None = None
 
     def log_path(self, handle: TaskHandle) -> Path:
         """Where the task's output goes."""
@@ -132,12 +136,25 @@ class LocalLauncher:
                 self._watcher = ExitWatcher(self._ended)
             return self._watcher.available
 
+    def sweep_logs(self) -> None:
+        """Start deleting the logs of ended tasks past ``local.log_retention_seconds`` (on a thread of
+        its own, every :func:`~orchestrator.launch.local_logs.sweep_interval`; not with retention 0)."""
+        retention = self.log_sweeper.retention_seconds
+        with self._lock:
+            if self._sweeping is not None or retention <= 0:
+                return
+            self._sweeping = Periodic("local-log-sweep", sweep_interval(retention), self.log_sweeper.sweep)
+        self._sweeping.start()
+
     def close(self) -> None:
-        """Stop watching for ends (the tasks go on)."""
+        """Stop watching for ends and sweeping logs (the tasks go on)."""
         with self._lock:
             watcher, self._watcher = self._watcher, None
+            sweeping, self._sweeping = self._sweeping, None
         if watcher is not None:
             watcher.close()
+        if sweeping is not None:
+            sweeping.stop()
 
     def _watch(self, record: TaskRecord) -> None:
         """Watch a task found running (an adopted one, or ours launched before anyone asked)."""
