@@ -32,7 +32,7 @@ from typing import Final
 from orchestrator.attempt_events import OutcomeDurable
 from orchestrator.coordination import DoneMarkers, attempt_done_key
 from orchestrator.launch.base import Launcher
-from orchestrator.logs import WARNING, emoji, task_fields
+from orchestrator.logs import FAILURE, WARNING, emoji, task_fields
 
 __all__ = ["CLOSE_TIMEOUT_SECONDS", "DONE_MARKER_SECONDS", "MAX_BATCH", "Completions"]
 
@@ -105,7 +105,12 @@ class Completions:
             self._wake.clear()
             while self._items:
                 batch = [self._items.popleft() for _ in range(min(MAX_BATCH, len(self._items)))]
-                self.complete(batch)
+                try:
+                    self.complete(batch)
+                except Exception:  # (a bug: the thread must live on for the next outcomes)
+                    log.exception(
+                        "completing %d confirmed outcome(s) failed", len(batch), extra=emoji(FAILURE)
+                    )
             if self._closing and not self._items:
                 return
 

@@ -153,3 +153,29 @@ def test_close_finishes_every_outcome_handed_over_before_it() -> None:
     ]
     marked = [task for entry in journal if entry[0] == "mark" for task in entry[1]]
     assert marked == [f"task-{n}" for n in range(1, 101)]
+
+
+def test_the_thread_lives_on_after_a_batch_it_could_not_complete(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    completions, _, journal = make()
+    real_complete = completions.complete
+    calls: list[int] = []
+
+    def broken_once(batch: list[OutcomeDurable]) -> None:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        real_complete(batch)
+
+    monkeypatch.setattr(completions, "complete", broken_once)
+    completions.start()
+    completions.done(durable(1))
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.001)
+    completions.done(durable(2))
+    completions.close()
+
+    assert "completing 1 confirmed outcome(s) failed" in caplog.text
+    assert ("forget", "task-2") in journal
