@@ -90,7 +90,7 @@ class Completions:
                 log.warning(
                     "%d confirmed outcome(s) not marked done in %.0f s at shutdown; the process that "
                     "adopts their tasks judges them again",
-                    len(self._items),
+                    self.pending(),
                     timeout,
                     extra=emoji(WARNING),
                 )

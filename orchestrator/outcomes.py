@@ -7,8 +7,8 @@ Only when the broker confirmed it (:class:`~orchestrator.attempt_events.OutcomeD
 attempt marked done in Redis and its task forgotten by its launcher
 (:class:`~orchestrator.completions.Completions`, handed it by the Publisher). A change of a task another
 process adopted or finished while this one lagged is left to that process. Plain logic, run on the
-TimeoutMonitor's thread; the best-effort calls that may take long (the done markers, a launcher
-forgetting a task) go to ``background``.
+TimeoutMonitor's thread; the best-effort call that may take long (a launcher forgetting a task whose
+ending published nothing) goes to ``background``.
 """
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ class Outcomes:
         # (else once the outcome is confirmed: orchestrator.completions)
 
     def _forget_task(self, handle: TaskHandle) -> None:
-        """Let the launcher forget an ended task whose outcome is durable (or that had none)."""
+        """Let the launcher forget an ended task whose ending published nothing (a published outcome's
+        task is forgotten by :class:`~orchestrator.completions.Completions` once it is confirmed)."""
         self._background(self._forget_now, handle)
 
     def _forget_now(self, handle: TaskHandle) -> None:
