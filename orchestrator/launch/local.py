@@ -107,7 +107,7 @@ class LocalLauncher:
         self._timers: dict[str, threading.Timer] = {}
         self._on_ends: Callable[[list[TaskState]], None] | None = None
         self._watcher: ExitWatcher | None = None
-        self.log_sweeper = LogSweeper(self.logs_dir, self.tasks_dir, config.local.log_retention_seconds)
+        self.log_sweeper = LogSweeper(self.store, config.local.log_retention_seconds)
         self._sweeping: Periodic | None = None
 
     def log_path(self, handle: TaskHandle) -> Path:

@@ -22,11 +22,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from orchestrator.launch.local_files import LOG_SUFFIX, RECORD_SUFFIX
+from orchestrator.launch.local_files import LOG_SUFFIX
 from orchestrator.logs import PROGRESS, WARNING, emoji
+
+if TYPE_CHECKING:
+    from orchestrator.launch.local_store import TaskStore
 
 __all__ = ["MAX_SWEEP_SECONDS", "LogSweeper", "sweep_interval"]
 
@@ -45,22 +47,19 @@ class LogSweeper:
     """Deletes the logs of forgotten tasks older than the retention (see the module docstring).
 
     Args:
-        logs_dir: ``<local.state_dir>/logs``.
-        tasks_dir: ``<local.state_dir>/tasks`` (a log whose record is there is kept).
+        store: the local task files (its ``logs/`` is swept; a log whose task record is there is kept).
         retention_seconds: ``local.log_retention_seconds``; 0 deletes nothing.
         clock: epoch seconds (tests).
     """
 
     def __init__(
         self,
-        logs_dir: Path,
-        tasks_dir: Path,
+        store: TaskStore,
         retention_seconds: int,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.logs_dir = logs_dir
-        self.tasks_dir = tasks_dir
+        self.store = store
         self.retention_seconds = retention_seconds
         self._clock = clock
 
@@ -71,7 +70,7 @@ class LogSweeper:
         cutoff = self._clock() - self.retention_seconds
         deleted = 0
         try:
-            entries = os.scandir(self.logs_dir)
+            entries = os.scandir(self.store.logs_dir)
         except FileNotFoundError:
             return 0
         with entries:
@@ -104,5 +103,4 @@ class LogSweeper:
                 return True
         except FileNotFoundError:
             return True  # gone already
-        file_id = entry.name[: -len(LOG_SUFFIX)]
-        return os.path.lexists(self.tasks_dir / f"{file_id}{RECORD_SUFFIX}")
+        return os.path.lexists(self.store.path(entry.name[: -len(LOG_SUFFIX)]))

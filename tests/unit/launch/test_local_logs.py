@@ -13,16 +13,14 @@ import pytest
 from orchestrator.config import load_config
 from orchestrator.launch.local import LocalLauncher
 from orchestrator.launch.local_logs import MAX_SWEEP_SECONDS, LogSweeper, sweep_interval
+from orchestrator.launch.local_store import TaskStore
 
 DAY = 24 * 3600
 
 
 @pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    logs, tasks = tmp_path / "logs", tmp_path / "tasks"
-    logs.mkdir()
-    tasks.mkdir()
-    return logs, tasks
+def store(tmp_path: Path) -> TaskStore:
+    return TaskStore(tmp_path / "state")
 
 
 def write(path: Path, age_seconds: float, data: bytes = b"a line\n") -> Path:
@@ -33,16 +31,16 @@ def write(path: Path, age_seconds: float, data: bytes = b"a line\n") -> Path:
 
 
 def test_only_old_logs_of_forgotten_tasks_are_deleted(
-    dirs: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+    store: TaskStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    logs, tasks = dirs
+    logs = store.logs_dir
     forgotten = write(logs / "dep-a-1.log", 2 * DAY)
     running = write(logs / "dep-b-1.log", 2 * DAY)  # a quiet task that still runs: its record is there
-    write(tasks / "dep-b-1.json", 2 * DAY, b'{"taskId":"dep-b-1"}\n')
+    write(store.path("dep-b-1"), 2 * DAY, b'{"taskId":"dep-b-1"}\n')
     recent = write(logs / "dep-c-1.log", 60)
     other = write(logs / "notes.txt", 2 * DAY)
     (logs / "dep-d-1.log").mkdir()  # not a file
-    sweeper = LogSweeper(logs, tasks, DAY)
+    sweeper = LogSweeper(store, DAY)
 
     with caplog.at_level(logging.INFO):
         assert sweeper.sweep() == 1
@@ -53,29 +51,29 @@ def test_only_old_logs_of_forgotten_tasks_are_deleted(
     assert sweeper.sweep() == 0, "nothing more is due"
 
 
-def test_the_retention_counts_from_the_last_write(dirs: tuple[Path, Path]) -> None:
-    logs, tasks = dirs
+def test_the_retention_counts_from_the_last_write(store: TaskStore) -> None:
+    logs = store.logs_dir
     log = write(logs / "dep-a-1.log", 2 * DAY)
     now = time.time()
     # A log last written 2 days ago: kept with 3 days of retention, deleted with 1
-    assert LogSweeper(logs, tasks, 3 * DAY, clock=lambda: now).sweep() == 0
+    assert LogSweeper(store, 3 * DAY, clock=lambda: now).sweep() == 0
     assert log.exists()
-    assert LogSweeper(logs, tasks, DAY, clock=lambda: now).sweep() == 1
+    assert LogSweeper(store, DAY, clock=lambda: now).sweep() == 1
     assert not log.exists()
 
 
-def test_retention_zero_keeps_every_log(dirs: tuple[Path, Path]) -> None:
-    logs, tasks = dirs
+def test_retention_zero_keeps_every_log(store: TaskStore) -> None:
+    logs = store.logs_dir
     log = write(logs / "dep-a-1.log", 365 * DAY)
 
-    assert LogSweeper(logs, tasks, 0).sweep() == 0
+    assert LogSweeper(store, 0).sweep() == 0
     assert log.exists()
 
 
 def test_a_log_another_process_deleted_first_is_skipped(
-    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    store: TaskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    logs, tasks = dirs
+    logs = store.logs_dir
     for n in range(3):
         write(logs / f"dep-{n}-1.log", 2 * DAY)
     real_unlink = os.unlink
@@ -87,12 +85,13 @@ def test_a_log_another_process_deleted_first_is_skipped(
 
     monkeypatch.setattr(os, "unlink", raced)
 
-    assert LogSweeper(logs, tasks, DAY).sweep() == 2
+    assert LogSweeper(store, DAY).sweep() == 2
     assert list(logs.iterdir()) == []
 
 
-def test_a_missing_logs_directory_is_nothing_to_sweep(tmp_path: Path) -> None:
-    assert LogSweeper(tmp_path / "gone", tmp_path / "tasks", DAY).sweep() == 0
+def test_a_missing_logs_directory_is_nothing_to_sweep(store: TaskStore) -> None:
+    store.logs_dir.rmdir()
+    assert LogSweeper(store, DAY).sweep() == 0
 
 
 def test_sweeps_come_four_times_per_retention_and_at_least_every_ten_minutes() -> None:
