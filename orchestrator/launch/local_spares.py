@@ -1,11 +1,12 @@
 """Spare task files: an ended task's file is emptied and reused for a later task, not deleted.
 
 Why: on ext4 without a journal (this project's build hosts and CI machines), creating a file scans
-past every inode deleted in the last 30 seconds (``recently_deleted`` in the kernel's inode
-allocator). A busy local launcher creates and deletes a task file per job, so each creation scanned
-the deletions of the last 30 s of jobs: measured with ``perf``, 17% of the process's CPU went there at
-~130 jobs/s. Reusing the inode of an ended task's file costs a rename and a truncate, and frees no
-inode, so the next creation (the task's log) has nothing to scan past either.
+past every inode of its block group deleted in the last 60 seconds, 300 while the inode table block
+is not yet written back (``recently_deleted`` in the kernel's inode allocator). A busy local launcher
+created and deleted a task file per job, so each creation scanned the deletions of the last minutes
+of jobs: measured with ``perf``, 17% of the process's CPU went there at ~130 jobs/s. Reusing the
+inode of an ended task's file costs a rename and a truncate, and frees no inode, so the next
+creation (the task's log) has nothing to scan past either.
 
 How, keeping a task file's promises (it appears with its whole record, synced; never twice):
 
