@@ -184,6 +184,9 @@ class ProcCpu:
 
     own: float  # utime + stime
     children: float  # cutime + cstime: children it has waited for
+    #: Context switches of its live threads (voluntary and not): a thread hand-off costs one or two.
+    #: Unlike CPU time, the count does not swing with the machine's speed.
+    switches: int = 0
 
     @classmethod
     def read(cls, pid: int) -> ProcCpu:
@@ -193,7 +196,29 @@ class ProcCpu:
         fields = raw[raw.rfind(")") + 2 :].split()
         # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14..17.
         utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        return cls(own=(utime + stime) / CLOCK_TICKS, children=(cutime + cstime) / CLOCK_TICKS)
+        return cls(
+            own=(utime + stime) / CLOCK_TICKS,
+            children=(cutime + cstime) / CLOCK_TICKS,
+            switches=thread_switches(pid),
+        )
+
+
+def thread_switches(pid: int) -> int:
+    """The context switches of ``pid``'s live threads (``/proc/<pid>/task/*/status``)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+    return total
 
 
 @dataclass
@@ -614,6 +639,8 @@ class OrchestratorRun:
     dispatch_seconds: float
     own_cpu_seconds: float
     children_cpu_seconds: float
+    #: Context switches of the orchestrator processes' threads over the run.
+    switches: int
     startup_seconds: float
     stop_seconds: float | None
     exit_code: int | None
@@ -658,6 +685,7 @@ class OrchestratorRun:
             f"{self.jobs_per_second:8.1f} jobs/s, "
             f"CPU own {self.own_cpu_seconds:.2f} s ({self.cpu_ms_per_job:.2f} ms/job) + children "
             f"{self.children_cpu_seconds:.2f} s ({self.children_cpu_ms_per_job:.2f} ms/job), "
+            f"{self.switches / self.jobs:.1f} context switches/job, "
             f"RabbitMQ {self.broker_cpu_ms_per_job or 0:.2f} ms/job, "
             f"startup {self.startup_seconds:.2f} s, stop {self.stop_seconds or 0:.2f} s, "
             f"exit {self.exit_code}"
@@ -799,6 +827,7 @@ def orchestrator_throughput(
             dispatch_seconds=max(collected.dispatched_at[i] for i in ids) - first.consuming_at,
             own_cpu_seconds=sum(end.own - start.own for start, end in cpu_spans),
             children_cpu_seconds=sum(end.children - start.children for start, end in cpu_spans),
+            switches=sum(end.switches - start.switches for start, end in cpu_spans),
             broker_cpu_seconds=(
                 None if first.broker_cpu_at_consuming is None else broker_end - first.broker_cpu_at_consuming
             ),
@@ -954,6 +983,7 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
             "children_cpu_ms_per_job": 1000
             * sum(end.children - start.children for start, end in spans)
             / count,
+            "switches_per_job": sum(end.switches - start.switches for start, end in spans) / count,
             "startup_seconds": startup,
             "stop_seconds": stop_seconds_of(orchestrators),
             "exit_code": exit_code_of(orchestrators),
@@ -1073,6 +1103,7 @@ def latency_line(lat: dict[str, Any]) -> str:
         f"(publisher lag {lat['publisher_lag_ms']:.1f} ms), /health {health['requests']} requests "
         f"{health['statuses']}, orchestrator CPU {lat['own_cpu_ms_per_job']:.2f} ms/job "
         f"+ children {lat['children_cpu_ms_per_job']:.2f} ms/job, "
+        f"{lat['switches_per_job']:.1f} context switches/job, "
         f"stop {lat['stop_seconds']:.2f} s, exit {lat['exit_code']}"
     )
 
