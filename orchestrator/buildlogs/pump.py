@@ -132,8 +132,14 @@ class LogPump:
         return "" if source is None else source.location_of(handle)
 
     def follow(self, handle: TaskHandle) -> None:
-        """Start publishing ``handle``'s log (after what its stream already holds). Never blocks."""
-        self._request(_Follow(handle))
+        """Start publishing ``handle``'s log (after what its stream already holds). Never blocks.
+
+        Does not wake the pump: a running task's log is read in the full rounds (every
+        ``logs.poll_seconds``), and a task that ends sooner is read by the round its :meth:`finish`
+        wakes, which takes this request first. A round per launch would only look up where the new
+        task's stream stands, one Redis round trip and one thread wake-up per job.
+        """
+        self._requests.append(_Follow(handle))
 
     def finish(self, handle: TaskHandle, status: str, on_flushed: OnFlushed | None = None) -> None:
         """The task ended with ``status``: publish the rest of its log, then its end entry, then call
@@ -199,7 +205,7 @@ class LogPump:
         """One round (see the module docstring). Returns whether a source had more than a round's worth.
 
         ``full``: poll every followed task. A round that a request woke between two full ones (each
-        launch and each end wakes the pump) reads only the tasks that ended, from sources that can
+        end and each unfollow wakes the pump) reads only the tasks that ended, from sources that can
         tell them apart (``poll_ended``): reading every running task's log at every launch and every end
         was 15.6 reads per job of a busy local launcher, where one poll per ``poll_seconds`` does.
         """

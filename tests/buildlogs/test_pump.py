@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -19,7 +19,7 @@ from orchestrator.buildlogs.local_source import LocalLogSource
 from orchestrator.buildlogs.model import FollowedTask, LogLine, RawLine
 from orchestrator.buildlogs.pump import LogPump
 from orchestrator.buildlogs.reader import LogEnd, StreamReader
-from orchestrator.buildlogs.redis_stream import RedisStreamSink
+from orchestrator.buildlogs.redis_stream import RedisStreamSink, Resume
 from orchestrator.config import LogsConfig, RedisConfig
 from orchestrator.coordination import RedisClient, connect_redis
 from orchestrator.launch.base import TaskHandle
@@ -425,3 +425,48 @@ def test_a_storm_of_requests_does_not_keep_the_running_tasks_from_being_read(
     finally:
         stop.set()
         stormer.join(5)
+
+
+class LookupsCounted(RedisStreamSink):
+    """The sink, recording each lookup of where attempts' streams stand."""
+
+    def __init__(self, client: RedisClient, prefix: str) -> None:
+        super().__init__(client, prefix, max_lines_kept=100_000, ttl_seconds=600)
+        self.lookups: list[list[tuple[str, int]]] = []
+
+    def resume_points(self, attempts: Sequence[tuple[str, int]]) -> list[Resume]:
+        self.lookups.append(list(attempts))
+        return super().resume_points(attempts)
+
+
+def test_a_launch_does_not_wake_the_pump_and_the_end_round_takes_its_follow_first(
+    client: RedisClient, prefix: str, tmp_path: Path
+) -> None:
+    # Given a running pump whose next full round is a minute away
+    sink = LookupsCounted(client, prefix)
+    source = LocalLogSource(tmp_path, 8192)
+    pump = LogPump(LogsConfig(poll_seconds=60.0, final_wait_seconds=5.0), sink, {"local": source})
+    pump.start()
+    try:
+        task = handle("fresh")
+        path = Path(source.location_of(task))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        append(path, b"first\n")
+        # When a task is followed (its launch)
+        pump.follow(task)
+        time.sleep(0.3)
+        # Then no round runs for it: its stream is not looked up
+        assert sink.lookups == []
+        # And when it ends, the round its finish wakes looks it up once and reads its log to the end
+        append(path, b"last")
+        flushed: list[bool] = []
+        pump.finish(task, "succeeded", flushed.append)
+        wait_until(lambda: flushed, 10, "the ended task's log to be flushed")
+        assert flushed == [True]
+        assert sink.lookups == [[("fresh", 1)]]
+        assert [line.line for line in lines_of(client, sink.key("fresh"))] == ["first", "last"]
+        assert entries(client, sink.key("fresh"))[-1] == LogEnd(
+            attempt=1, status="succeeded", last_seq=2, dropped=0
+        )
+    finally:
+        pump.close()
