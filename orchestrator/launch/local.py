@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -70,6 +71,23 @@ log = logging.getLogger(__name__)
 
 #: The shell that runs the wrapper script (POSIX; dash on Debian).
 DEFAULT_SHELL: Final = "/bin/sh"
+
+_devnull_lock = threading.Lock()
+
+
+@functools.cache
+def _open_devnull() -> int:
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _devnull() -> int:
+    """A descriptor of ``/dev/null`` for the tasks' stdin, opened once per process and kept open.
+
+    ``subprocess.DEVNULL`` opens and closes it at each start: two more system calls per launch, each
+    letting go of the GIL (a context switch when other threads wait for it).
+    """
+    with _devnull_lock:  # (a cache miss in two threads at once would open it twice)
+        return _open_devnull()
 
 
 class LocalLauncher:
@@ -289,7 +307,7 @@ class LocalLauncher:
         try:
             return subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=_devnull(),
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -56,6 +56,7 @@ __all__ = [
     "pid_line",
     "read_small",
     "record_bytes",
+    "write_all",
 ]
 
 LOGS_DIR: Final = "logs"
@@ -192,6 +193,15 @@ def file_id_of(deployment_id: str, attempt: int) -> str:
     return f"{cleaned}-{attempt}-{digest}"
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to ``fd`` whole (``os.write`` may write less), without a file object: each
+    system call lets go of the GIL and, with other threads waiting for it, costs a context switch
+    (a file object's adds three: ``fstat``, ``ioctl`` and ``lseek``)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_atomically(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
     """Write ``path`` all at once. With ``exclusive``, only if it does not exist yet (returns False then).
 
@@ -200,10 +210,11 @@ def _write_atomically(path: Path, data: bytes, *, exclusive: bool = False) -> bo
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         if exclusive:
             try:
                 os.link(tmp, path)

@@ -36,7 +36,7 @@ import threading
 from pathlib import Path
 from typing import Final
 
-from orchestrator.launch.local_files import _write_atomically
+from orchestrator.launch.local_files import _write_atomically, write_all
 
 __all__ = ["MAX_SPARES", "SPARE_DIR", "SpareFiles"]
 
@@ -147,10 +147,11 @@ class SpareFiles:
         fd, spare = taken
         still_spare = False
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             try:
                 os.link(spare, path)
             except FileNotFoundError:  # the spare's name is gone (removed by hand?): a fresh file then

@@ -521,3 +521,16 @@ def test_a_task_of_the_previous_file_layout_is_still_judged(state_dir: Path) -> 
     assert (state.phase, state.exit_code) == ("stopped", 5)
     launcher.forget(handle)
     assert sorted(p.name for p in (state_dir / "tasks").iterdir()) == []
+
+
+def test_every_task_reads_an_empty_stdin_from_dev_null(state_dir: Path) -> None:
+    # Given a worker that reports what its stdin is and copies whatever it reads there
+    code = "import os, sys; print(os.path.realpath('/proc/self/fd/0')); sys.stdout.write(sys.stdin.read())"
+    launcher = LocalLauncher(local_config(state_dir, command=python_command(code)))
+    # When two tasks run, one after the other (the second after the first one's /dev/null use)
+    for deployment_id in ("dep-1", "dep-2"):
+        handle = launcher.launch(request_for(BuildJob(deployment_id=deployment_id, repository="r")))
+        state = wait_until(lambda h=handle: ended(launcher, h), WAIT, "the worker to end")
+        # Then each read /dev/null, to its end at once, and ended on its own
+        assert (state.phase, state.exit_code) == ("stopped", 0)
+        assert log_text(launcher, handle) == "/dev/null\n"
