@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -530,7 +531,7 @@ def test_every_task_reads_an_empty_stdin_from_dev_null(state_dir: Path) -> None:
     # When two tasks run, one after the other (the second after the first one's /dev/null use)
     for deployment_id in ("dep-1", "dep-2"):
         handle = launcher.launch(request_for(BuildJob(deployment_id=deployment_id, repository="r")))
-        state = wait_until(lambda h=handle: ended(launcher, h), WAIT, "the worker to end")
+        state = wait_until(functools.partial(ended, launcher, handle), WAIT, "the worker to end")
         # Then each read /dev/null, to its end at once, and ended on its own
         assert (state.phase, state.exit_code) == ("stopped", 0)
         assert log_text(launcher, handle) == "/dev/null\n"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.launch import local_files
 from orchestrator.launch.local_files import write_all
 
 
@@ -22,7 +21,7 @@ def test_short_writes_are_continued_until_every_byte_is_written(
         sizes.append(len(data))
         return real_write(fd, bytes(data[:7]))
 
-    monkeypatch.setattr(local_files.os, "write", short_write)
+    monkeypatch.setattr(os, "write", short_write)
     data = b"".join(b"line %d\n" % n for n in range(20))
     path = tmp_path / "record"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
