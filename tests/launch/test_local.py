@@ -535,3 +535,56 @@ def test_every_task_reads_an_empty_stdin_from_dev_null(state_dir: Path) -> None:
         # Then each read /dev/null, to its end at once, and ended on its own
         assert (state.phase, state.exit_code) == ("stopped", 0)
         assert log_text(launcher, handle) == "/dev/null\n"
+
+
+def test_a_task_starts_with_default_signal_dispositions_and_nothing_blocked(state_dir: Path) -> None:
+    # Given a worker that is not Python (Python ignores SIGPIPE itself) and reports its signal masks
+    launcher = LocalLauncher(local_config(state_dir, command="grep -E '^Sig(Ign|Blk)' /proc/self/status"))
+    handle = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="r")))
+    state = wait_until(lambda: ended(launcher, handle), WAIT, "the worker to end")
+    assert (state.phase, state.exit_code) == ("stopped", 0)
+    masks = dict(line.split(":\t") for line in log_text(launcher, handle).splitlines())
+    # Then the SIGPIPE and SIGXFSZ this (Python) process ignores are not ignored in the task,
+    # and no signal is blocked there
+    ignored = int(masks["SigIgn"], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), f"SIGPIPE ignored in the task: {masks}"
+    assert not ignored & (1 << (signal.SIGXFSZ - 1)), f"SIGXFSZ ignored in the task: {masks}"
+    assert int(masks["SigBlk"], 16) == 0
+
+
+def _pid_of(launcher: LocalLauncher, handle: TaskHandle) -> int:
+    task = launcher.store.read(file_id_of(handle.deployment_id, handle.attempt))
+    assert task is not None and task.record.pid is not None
+    return task.record.pid
+
+
+def _state_of_process(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()[0]
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def test_an_ended_task_is_reaped_when_a_poll_sees_it_or_when_it_is_forgotten(state_dir: Path) -> None:
+    launcher = LocalLauncher(local_config(state_dir, command="true"))
+    # Given a task that ended unseen (no poll, no exit watcher): a zombie, our child
+    first = launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="r")))
+    pid = _pid_of(launcher, first)
+    wait_until(lambda: _state_of_process(pid) == "Z", WAIT, "the task to end")
+    # When it is forgotten, it is reaped
+    launcher.forget(first)
+    assert _reaped(pid), "a forgotten task was left a zombie"
+    # And a task that a poll sees ended is reaped by that poll
+    second = launcher.launch(request_for(BuildJob(deployment_id="dep-2", repository="r")))
+    pid = _pid_of(launcher, second)
+    wait_until(lambda: ended(launcher, second), WAIT, "the task to end")
+    assert _reaped(pid), "an ended task seen by a poll was left a zombie"
