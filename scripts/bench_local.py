@@ -51,6 +51,15 @@ imports a copy of ``orchestrator/`` and ``actors/`` taken from the working tree 
 (the tree is shared, and an edit landing mid-run once mixed two versions of the local launcher in one
 round); ``--code live`` imports the tree itself.
 
+An A/B in one run: ``--base-code TREE`` (a ``git worktree`` of the commit before, say) adds
+``orchestrator-base``, one process importing a copy of TREE's packages, measured beside
+``orchestrator`` in every round (the two swap places every other round); the summary gives each
+round's CPU, context switches and jobs/s of both, and in how many rounds the tree used less CPU. The
+machine's speed drifts by ±30% over minutes, so two alternated runs compare worse than rounds of one.
+Each orchestrator round also reports the context switches of its threads per job: unlike CPU time,
+the count hardly moves with the machine's speed, and a thread hand-off or a system call that lets
+go of a contended GIL costs one or two.
+
 Output: one line per system per round, then medians, the ratios orchestrator/Celery,
 orchestrator/Dramatiq and orchestrator/ceiling (posix_spawn), and the issue's targets (>= 2x, >= 1.5x,
 >= 0.5x, orchestrator CPU <= 2 ms/job, p99 publish->dispatched < 50 ms, p99 publish->terminal < 100 ms,
@@ -118,10 +127,11 @@ from support import free_port  # noqa: E402
 from orchestrator.config import Config, load_config  # noqa: E402
 from orchestrator.logs import FAILURE, PROGRESS, SUCCESS, WARNING  # noqa: E402
 
-SYSTEMS: Final = ("celery", "dramatiq", "spawn", "orchestrator", "orchestrator-x2")
+SYSTEMS: Final = ("celery", "dramatiq", "spawn", "orchestrator", "orchestrator-x2", "orchestrator-base")
 #: The orchestrator systems: how many processes each runs (``orchestrator-x2`` is supervisor.conf's
-#: ``numprocs=2``: two processes of one host sharing the broker, Redis and ``local.state_dir``).
-ORCHESTRATOR_PROCESSES: Final = {"orchestrator": 1, "orchestrator-x2": 2}
+#: ``numprocs=2``: two processes of one host sharing the broker, Redis and ``local.state_dir``;
+#: ``orchestrator-base`` is one process of the code given with ``--base-code``, for an A/B).
+ORCHESTRATOR_PROCESSES: Final = {"orchestrator": 1, "orchestrator-x2": 2, "orchestrator-base": 1}
 MAX_CONCURRENT: Final = 64
 #: The seed DeploymentMessage, the backend's form (read from the file the contract tests use).
 SEED_JOB: Final[dict[str, Any]] = json.loads(
@@ -237,10 +247,16 @@ class OrchestratorProcess:
     """
 
     def __init__(
-        self, config_path: str, log_path: str, workdir: str, extra_env: dict[str, str] | None = None
+        self,
+        config_path: str,
+        log_path: str,
+        workdir: str,
+        extra_env: dict[str, str] | None = None,
+        base: bool = False,
     ) -> None:
         self.config_path, self.log_path, self.workdir = config_path, log_path, workdir
         self.extra_env = dict(extra_env or {})
+        self.base = base
         self.process: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
         self.consuming_at: float | None = None
@@ -257,7 +273,7 @@ class OrchestratorProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
-        env = {**orchestrator_env(), **self.extra_env}
+        env = {**orchestrator_env(self.base), **self.extra_env}
         env["PYTHONUNBUFFERED"] = "1"
         argv = [
             sys.executable, "-m", "orchestrator.cli", "--log-format", "json", "--log-level", "INFO",
@@ -471,35 +487,43 @@ def job_bodies(prefix: str, count: int) -> list[tuple[str, bytes]]:
 
 #: Where the orchestrator's packages are imported from (``--code snapshot``); empty: the live tree.
 _CODE_DIRS: list[str] = []
+#: Where ``orchestrator-base`` imports them from (``--base-code``).
+_BASE_CODE_DIRS: list[str] = []
 #: Workspaces to delete when the benchmark ends (:meth:`Workspace.close` says why not sooner).
 _WORKSPACE_DIRS: list[str] = []
 
 
-def snapshot_code() -> str:
+def snapshot_code(root: Path = ROOT) -> str:
     """Copy the working tree's ``orchestrator`` and ``actors`` packages (uncommitted changes included):
     every orchestrator process of the run imports this copy, so edits made to the tree while the
-    benchmark runs (the tree is shared) cannot mix two versions of the code in one measurement."""
+    benchmark runs (the tree is shared) cannot mix two versions of the code in one measurement.
+    (``root``: another tree, the ``--base-code`` of an A/B; its copy is not the run's default.)"""
     target = tempfile.mkdtemp(prefix="bench-local-code-")
     for package in ("orchestrator", "actors"):
         shutil.copytree(
-            ROOT / package, os.path.join(target, package), ignore=shutil.ignore_patterns("__pycache__")
+            root / package, os.path.join(target, package), ignore=shutil.ignore_patterns("__pycache__")
         )
-    _CODE_DIRS.append(target)
+    if root == ROOT:
+        _CODE_DIRS.append(target)
+    else:
+        _BASE_CODE_DIRS.append(target)
     return target
 
 
-def orchestrator_env() -> dict[str, str]:
-    """The environment of an orchestrator process: no ``ORCH_*`` overrides; the snapshot first on the path."""
+def orchestrator_env(base: bool = False) -> dict[str, str]:
+    """The environment of an orchestrator process: no ``ORCH_*`` overrides; the snapshot first on the
+    path (with ``base``, the ``--base-code`` snapshot)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    if _CODE_DIRS:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_CODE_DIRS[-1], env.get("PYTHONPATH")) if p)
+    code = _BASE_CODE_DIRS if base else _CODE_DIRS
+    if code:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (code[-1], env.get("PYTHONPATH")) if p)
     return env
 
 
-def code_version() -> str:
+def code_version(root: Path = ROOT) -> str:
     try:
         return subprocess.run(
-            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -732,15 +756,17 @@ class Workspace:
             _WORKSPACE_DIRS.append(self.dir)
 
 
-def orchestrator_processes(space: Workspace, processes: int) -> list[OrchestratorProcess]:
+def orchestrator_processes(space: Workspace, processes: int, base: bool = False) -> list[OrchestratorProcess]:
     """``processes`` orchestrators of one workspace's config, as supervisor.conf runs them: the first on
-    the config's ``http.port``, each other on its own (``ORCH_HTTP_PORT``), each with its own log."""
+    the config's ``http.port``, each other on its own (``ORCH_HTTP_PORT``), each with its own log.
+    ``base``: of the ``--base-code``."""
     return [
         OrchestratorProcess(
             space.config_path,
             space.log_path if i == 1 else space.log_path.replace(".log", f"-{i}.log"),
             space.dir,
             extra_env={} if i == 1 else {"ORCH_HTTP_PORT": str(free_port())},
+            base=base,
         )
         for i in range(1, processes + 1)
     ]
@@ -778,7 +804,7 @@ def orchestrator_throughput(
     """
     processes = ORCHESTRATOR_PROCESSES[system]
     space = Workspace(args, f"r{round_no}", "amqp")
-    orchestrators = orchestrator_processes(space, processes)
+    orchestrators = orchestrator_processes(space, processes, base=system == "orchestrator-base")
     problems: list[str] = []
     failed = True
     try:
@@ -1049,7 +1075,49 @@ def summarize(results: Sequence[tuple[int, Result]], latency: dict[str, Any] | N
                     "per_round": per_round,
                     "target": target,
                 }
-    return {"systems": systems, "ratios": ratios, "latency": latency}
+    return {"systems": systems, "ratios": ratios, "latency": latency, "a_b": a_b_rounds(results)}
+
+
+def a_b_rounds(results: Sequence[tuple[int, Result]]) -> list[dict[str, float]]:
+    """Per round with both: ``orchestrator`` (the tree) against ``orchestrator-base`` (``--base-code``)."""
+    runs: dict[int, dict[str, OrchestratorRun]] = {}
+    for round_no, result in results:
+        if isinstance(result, OrchestratorRun) and result.system in ("orchestrator", "orchestrator-base"):
+            runs.setdefault(round_no, {})[result.system] = result
+    rows = []
+    for round_no, pair in sorted(runs.items()):
+        if len(pair) == 2:
+            new, base = pair["orchestrator"], pair["orchestrator-base"]
+            rows.append(
+                {
+                    "round": round_no,
+                    "cpu_ms_per_job": new.cpu_ms_per_job,
+                    "base_cpu_ms_per_job": base.cpu_ms_per_job,
+                    "switches_per_job": new.switches / new.jobs,
+                    "base_switches_per_job": base.switches / base.jobs,
+                    "jobs_per_second": new.jobs_per_second,
+                    "base_jobs_per_second": base.jobs_per_second,
+                }
+            )
+    return rows
+
+
+def a_b_lines(rows: Sequence[dict[str, float]]) -> list[str]:
+    """The A/B's rounds, then how many of them the tree won on CPU per job."""
+    lines = [
+        f"A/B round {row['round']:.0f}: CPU {row['cpu_ms_per_job']:.2f} against "
+        f"{row['base_cpu_ms_per_job']:.2f} ms/job, {row['switches_per_job']:.1f} against "
+        f"{row['base_switches_per_job']:.1f} context switches/job, "
+        f"{row['jobs_per_second']:.0f} against {row['base_jobs_per_second']:.0f} jobs/s"
+        for row in rows
+    ]
+    if rows:
+        won = sum(row["cpu_ms_per_job"] < row["base_cpu_ms_per_job"] for row in rows)
+        ratio = statistics.median(row["cpu_ms_per_job"] / row["base_cpu_ms_per_job"] for row in rows)
+        lines.append(
+            f"A/B: the tree used less CPU per job in {won} of {len(rows)} rounds; median ratio {ratio:.3f}"
+        )
+    return lines
 
 
 def target_lines(summary: dict[str, Any]) -> list[str]:
@@ -1174,7 +1242,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1500, help="jobs per throughput run (default 1500)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {SYSTEMS}")
+    parser.add_argument(
+        "--systems",
+        default=",".join(s for s in SYSTEMS if s != "orchestrator-base"),
+        help=f"comma-separated subset of {SYSTEMS}",
+    )
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--rate", type=float, default=200.0, help="latency: offered jobs/s")
     parser.add_argument("--seconds", type=float, default=30.0, help="latency: how long it is offered")
@@ -1226,6 +1298,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep each orchestrator's temp dir")
     parser.add_argument(
+        "--base-code",
+        metavar="TREE",
+        help="an A/B in one run: also measure one process of TREE's orchestrator/ and actors/ (a git "
+        "worktree of the commit before, say) as orchestrator-base, in every round beside orchestrator "
+        "(the two swap places every other round)",
+    )
+    parser.add_argument(
         "--clean-each-round",
         action="store_true",
         help="delete each run's temp dir when the run ends, not when the benchmark does (the next "
@@ -1238,6 +1317,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.systems) - set(SYSTEMS))
     if unknown:
         parser.error(f"unknown systems {unknown}; choose from {SYSTEMS}")
+    if args.base_code:
+        if not (Path(args.base_code) / "orchestrator").is_dir():
+            parser.error(f"--base-code {args.base_code}: no orchestrator/ package there")
+        if "orchestrator-base" not in args.systems:
+            at = args.systems.index("orchestrator") + 1 if "orchestrator" in args.systems else 0
+            args.systems.insert(at, "orchestrator-base")
+    elif "orchestrator-base" in args.systems:
+        parser.error("orchestrator-base needs --base-code TREE")
     if args.n < 1 or args.rounds < 1 or args.rate <= 0 or args.seconds <= 0:
         parser.error("--n, --rounds, --rate and --seconds must be positive")
     return args
@@ -1255,6 +1342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.code == "snapshot":
         code = f"a copy of the working tree at {code_version()} in {snapshot_code()}"
     print(f"{PROGRESS} orchestrator code: {code}", flush=True)
+    if args.base_code:
+        base = Path(args.base_code).absolute()
+        print(
+            f"{PROGRESS} orchestrator-base code: a copy of {base} at {code_version(base)} in "
+            f"{snapshot_code(base)}",
+            flush=True,
+        )
     try:
         print(f"{PROGRESS} {describe_environment()}", flush=True)
         validate_job_with_cli(job_bodies("bl-check", 1)[0][1])
@@ -1264,7 +1358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return measure_all(args, box, machine_line, code)
     finally:
-        for directory in _WORKSPACE_DIRS + _CODE_DIRS:
+        for directory in _WORKSPACE_DIRS + _CODE_DIRS + _BASE_CODE_DIRS:
             shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -1286,13 +1380,19 @@ def measure_all(args: argparse.Namespace, box: dict[str, Any], machine_line: str
         "spawn": lambda _r: list(bare_spawn_ceiling(args.n)),
         "orchestrator": lambda r: [orchestrator_throughput(args.n, args, r)],
         "orchestrator-x2": lambda r: [orchestrator_throughput(args.n, args, r, "orchestrator-x2")],
+        "orchestrator-base": lambda r: [orchestrator_throughput(args.n, args, r, "orchestrator-base")],
     }
     results: list[tuple[int, Result]] = []
     errors: list[str] = []
     problems: list[str] = []
     missing: set[str] = set()
     for round_no in range(1, args.rounds + 1):
-        for system in args.systems:
+        systems = list(args.systems)
+        if round_no % 2 == 0 and {"orchestrator", "orchestrator-base"} <= set(systems):
+            # An A/B: the two swap places every other round (neither always runs first).
+            i, j = systems.index("orchestrator"), systems.index("orchestrator-base")
+            systems[i], systems[j] = systems[j], systems[i]
+        for system in systems:
             if system in missing:
                 continue
             try:
@@ -1355,6 +1455,8 @@ def measure_all(args: argparse.Namespace, box: dict[str, Any], machine_line: str
             f"  {system:<22} {s['median']:8.1f} jobs/s (min {s['min']:.1f}, max {s['max']:.1f}, "
             f"{s['rounds']} rounds){cpu_text}"
         )
+    for line in a_b_lines(summary["a_b"]):
+        print(line)
     print("targets (reported, not asserted):")
     for line in target_lines(summary):
         print(f"  {line}")
