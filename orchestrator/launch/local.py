@@ -320,13 +320,15 @@ class LocalLauncher:
 
         ``os.posix_spawn``: one call (vfork and exec in C) instead of ``subprocess.Popen``'s Python
         and its ten more system calls (a pipe for exec errors, signal masks, closes), each of which
-        lets go of the GIL. ``posix_spawn`` holds the GIL until the child has exec'd; measured
-        against ``subprocess`` in the same runs, alternated twice: 2.68–2.94 against 3.02–3.47 ms of
-        CPU per job, 113–115 against 119–123 context switches, 312–332 against 267–306 jobs/s. (An
-        earlier measurement, which had ``posix_spawn`` blocking the other threads for half of the
-        interpreter's time, was not reproduced.) Every descriptor of this process is close-on-exec
-        (Python's default), so the task inherits only the three set here; signals this process
-        ignores (SIGPIPE) or blocks are reset, as ``subprocess`` does.
+        lets go of the GIL. ``posix_spawn`` holds the GIL until the child has exec'd, and still
+        came out ahead against ``subprocess``: in six interleaved rounds of one benchmark run
+        (``bench_local.py --base-code``), less CPU per job in 4 (median ratio 0.947) and 6 fewer
+        context switches per job in each. (An earlier measurement, which had ``posix_spawn``
+        blocking the other threads for half of the interpreter's time, was not reproduced.)
+
+        Every descriptor of this process is close-on-exec (Python's default), so the task inherits
+        only the three set here; signals this process ignores (SIGPIPE) or blocks are reset, as
+        ``subprocess`` does.
         """
         output = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
         try:
