@@ -993,12 +993,22 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
         terminal = [collected.terminal_at[i] - at for i, at in published.items()]
         last_end = max(collected.terminal_at[i] for i in ids)
         spans = list(zip(cpu_start, cpu_end, strict=True))
+        first_publish = min(published.values())
         return {
             "processes": args.latency_processes,
             "jobs": count,
             "offered_rate": len(published) / publisher.elapsed if publisher.elapsed else float("nan"),
             "publisher_lag_ms": 1000 * publisher.lag,
             "dispatched": spread(dispatched),
+            #: Per job, in publish order: seconds from the first publish, then ms to dispatched and
+            #: to terminal (to see whether the slow ones cluster in time: ``--json``).
+            "series": [
+                [round(at - first_publish, 4), round(1000 * d, 2), round(1000 * t, 2)]
+                for at, d, t in sorted(
+                    (at, collected.dispatched_at[i] - at, collected.terminal_at[i] - at)
+                    for i, at in published.items()
+                )
+            ],
             "terminal": spread(terminal),
             "health": spread(poller.latencies)
             | {"requests": len(poller.latencies), "statuses": poller.statuses, "failures": poller.failures},
