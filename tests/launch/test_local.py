@@ -17,7 +17,7 @@ import pytest
 from support import wait_until
 
 from orchestrator.config import Config
-from orchestrator.errors import CapacityError
+from orchestrator.errors import CapacityError, PermanentLaunchError
 from orchestrator.launch.base import LaunchRequest, TaskHandle, TaskState, make_launcher
 from orchestrator.launch.local import LocalLauncher
 from orchestrator.launch.local_files import file_id_of
@@ -588,3 +588,14 @@ def test_an_ended_task_is_reaped_when_a_poll_sees_it_or_when_it_is_forgotten(sta
     pid = _pid_of(launcher, second)
     wait_until(lambda: ended(launcher, second), WAIT, "the task to end")
     assert _reaped(pid), "an ended task seen by a poll was left a zombie"
+
+
+def test_a_wrapper_that_cannot_start_is_a_permanent_error_and_leaves_no_record(state_dir: Path) -> None:
+    # Given a launcher whose shell does not exist
+    launcher = LocalLauncher(local_config(state_dir, command="true"), shell=str(state_dir / "no-such-sh"))
+    # When a task is launched, the start fails with an error that names the task and the cause
+    with pytest.raises(PermanentLaunchError, match=r"cannot start local task dep-1-1: .*No such file"):
+        launcher.launch(request_for(BuildJob(deployment_id="dep-1", repository="r")))
+    # And no record of it is left to be adopted or judged later
+    assert launcher.find("dep-1", 1) is None
+    assert list((state_dir / "tasks").iterdir()) == []
