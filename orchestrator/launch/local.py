@@ -248,9 +248,29 @@ class LocalLauncher:
             digest=job_digest(job),
         )
         # Written before the process exists, so a crash right after the start still leaves a trace.
-        if not self.store.create(record):
+        record_fd = self.store.create_open(record)
+        if record_fd is None:
             return self._already_launched(file_id, job)
-        env = worker_process_environment(job, request.attempt, self.pass_env)
+        try:
+            started = self._start(record, request, record_fd)
+        finally:
+            os.close(record_fd)
+        log.info(
+            "launched %s attempt %d locally: pid %d, log %s",
+            job.deployment_id,
+            request.attempt,
+            started.pid,
+            self.store.log_path(file_id),
+            extra=task_fields(started, SUCCESS),
+        )
+        return handle_of(started)
+
+    def _start(self, record: TaskRecord, request: LaunchRequest, record_fd: int) -> TaskRecord:
+        """Start the task of ``record`` (its file just created, open as ``record_fd``): the record
+        with the process's pid and start time. Raises what :meth:`launch` does; its file is removed
+        then."""
+        file_id = record.file_id
+        env = worker_process_environment(request.job, request.attempt, self.pass_env)
         argv = [
             self.shell,
             "-c",
@@ -287,16 +307,8 @@ class LocalLauncher:
         # Not synced to disk: it only adds the pid, and after a crash of the host (the one thing
         # fsync guards against) the process is gone with or without it: the synced record above
         # already says "launched, never recorded an exit status", which is judged the same way.
-        self.store.append(file_id, pid_line(pid, started.start_time))
-        log.info(
-            "launched %s attempt %d locally: pid %d, log %s",
-            job.deployment_id,
-            request.attempt,
-            pid,
-            log_path,
-            extra=task_fields(started, SUCCESS),
-        )
-        return handle_of(started)
+        os.write(record_fd, pid_line(pid, started.start_time))  # (appended: O_APPEND)
+        return started
 
     def _already_launched(self, file_id: str, job: SourceJob) -> TaskHandle:
         """The handle of the task already launched under ``file_id``, if it is ``job``'s."""

@@ -28,6 +28,7 @@ orchestrator: they are how a restarted one finds and judges the tasks it left ru
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -49,6 +50,7 @@ __all__ = [
     "TaskFile",
     "TaskRecord",
     "append_line",
+    "create_appendable",
     "exit_line",
     "failure_note",
     "file_id_of",
@@ -200,6 +202,31 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def create_appendable(path: Path, data: bytes) -> int | None:
+    """Create ``path`` holding ``data``, synced, only if it does not exist yet (None then); return a
+    descriptor of it open for appending (the caller closes it).
+
+    Like :func:`_write_atomically` with ``exclusive``: the data reaches the disk under a temporary
+    name first, so the file appears whole, and only once.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    keep = False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)
+        write_all(fd, data)
+        os.fsync(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return None
+        keep = True
+        return fd
+    finally:
+        if not keep:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _write_atomically(path: Path, data: bytes, *, exclusive: bool = False) -> bool:

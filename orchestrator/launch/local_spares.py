@@ -17,6 +17,9 @@ How, keeping a task file's promises (it appears with its whole record, synced; n
   leaves a file with two names, which is never truncated), truncates it, writes and syncs the
   record, and links it under the task file's name (``link`` fails if that name exists: the exclusive
   create), then drops the spare name. Without a spare it writes a fresh temporary file the same way.
+  :meth:`SpareFiles.open_new` does the same and returns the new file's descriptor, open for
+  appending (``O_APPEND``: a line the task's wrapper appended meanwhile is never overwritten), so
+  the launch appends the ``pid`` line without opening the file again.
 - At start, a launcher adopts the spares that dead processes left (by a rename, so only one process
   gets each). A live process's spares are left alone: it may be writing one of them at that moment,
   and two processes must never write one inode. (A spare name gone from under its owner, removed by
@@ -36,7 +39,7 @@ import threading
 from pathlib import Path
 from typing import Final
 
-from orchestrator.launch.local_files import _write_atomically, write_all
+from orchestrator.launch.local_files import create_appendable, write_all
 
 __all__ = ["MAX_SPARES", "SPARE_DIR", "SpareFiles"]
 
@@ -119,7 +122,7 @@ class SpareFiles:
                     return None
                 spare = self._spares.popleft()
             try:
-                fd = os.open(spare, os.O_WRONLY | os.O_CLOEXEC)
+                fd = os.open(spare, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             except OSError:
                 continue  # adopted by another process meanwhile
             try:
@@ -139,28 +142,38 @@ class SpareFiles:
         """Create ``path`` holding ``data``, synced, only if it does not exist yet (False then).
 
         The file appears whole: the data is written and synced under another name first (a spare's,
-        or without one a fresh temporary file's: :func:`~.local_files._write_atomically`).
+        or without one a fresh temporary file's: :func:`~.local_files.create_appendable`).
         """
+        fd = self.open_new(path, data)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+    def open_new(self, path: Path, data: bytes) -> int | None:
+        """:meth:`write_new`, returning a descriptor of the new file open for appending (the caller
+        closes it), or None when ``path`` exists: a line appended later costs no open and close."""
         taken = self._take()
         if taken is None:
-            return _write_atomically(path, data, exclusive=True)
+            return create_appendable(path, data)
         fd, spare = taken
         still_spare = False
+        keep = False
         try:
-            try:
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_all(fd, data)
+            os.fsync(fd)
             try:
                 os.link(spare, path)
             except FileNotFoundError:  # the spare's name is gone (removed by hand?): a fresh file then
-                return _write_atomically(path, data, exclusive=True)
+                return create_appendable(path, data)
             except FileExistsError:
                 still_spare = True  # linked nowhere: it stays a spare
-                return False
-            return True
+                return None
+            keep = True
+            return fd
         finally:
+            if not keep:
+                os.close(fd)
             if still_spare:
                 with self._lock:
                     self._spares.appendleft(spare)

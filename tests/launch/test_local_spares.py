@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from orchestrator.launch.local_spares import SpareFiles
 
 
@@ -129,3 +131,38 @@ def test_a_spare_removed_from_under_its_owner_gives_way_to_a_fresh_file(tmp_path
 
     assert (tmp_path / "b.json").read_bytes() == b"new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "spare"]
+
+
+@pytest.mark.parametrize("with_spare", [True, False], ids=["a spare", "a fresh file"])
+def test_the_descriptor_open_new_returns_appends_after_what_the_wrapper_appended_meanwhile(
+    tmp_path: Path, with_spare: bool
+) -> None:
+    # Given a new task file, made from a spare or fresh, and the descriptor the launch keeps of it
+    spares = SpareFiles(tmp_path / "spare")
+    if with_spare:
+        assert spares.recycle(write(tmp_path / "a.json", b"an ended task's much longer record\nexit 3\n"))
+    path = tmp_path / "b.json"
+    fd = spares.open_new(path, b"record\n")
+    assert fd is not None
+    try:
+        # When the task's wrapper appends its exit status before the launch appends the pid
+        with path.open("ab") as wrapper:
+            wrapper.write(b"exit 0\n")
+        os.write(fd, b"pid 42 7\n")
+    finally:
+        os.close(fd)
+    # Then both lines are there after the record: the pid line did not overwrite the exit line
+    assert path.read_bytes() == b"record\nexit 0\npid 42 7\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "spare"]
+    assert list((tmp_path / "spare").iterdir()) == []
+
+
+def test_open_new_of_an_existing_task_file_returns_none_and_keeps_the_spare(tmp_path: Path) -> None:
+    spares = SpareFiles(tmp_path / "spare")
+    assert spares.recycle(write(tmp_path / "a.json", b"ended\n"))
+    existing = write(tmp_path / "b.json", b"the first launch\n")
+
+    assert spares.open_new(existing, b"a second launch\n") is None
+
+    assert existing.read_bytes() == b"the first launch\n"
+    assert len(spares) == 1
