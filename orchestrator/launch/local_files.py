@@ -59,6 +59,7 @@ __all__ = [
     "read_small",
     "record_bytes",
     "write_all",
+    "write_and_link",
 ]
 
 LOGS_DIR: Final = "logs"
@@ -204,6 +205,22 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def write_and_link(fd: int, name: str | Path, path: Path, data: bytes) -> bool:
+    """Write ``data`` to the file ``fd`` (named ``name``), sync it, then link it as ``path``: the
+    exclusive create of a whole file. False when ``path`` exists (nothing linked).
+
+    Raises:
+        FileNotFoundError: ``name`` is gone.
+    """
+    write_all(fd, data)
+    os.fsync(fd)
+    try:
+        os.link(name, path)
+    except FileExistsError:
+        return False
+    return True
+
+
 def create_appendable(path: Path, data: bytes) -> int | None:
     """Create ``path`` holding ``data``, synced, only if it does not exist yet (None then); return a
     descriptor of it open for appending (the caller closes it).
@@ -212,19 +229,13 @@ def create_appendable(path: Path, data: bytes) -> int | None:
     name first, so the file appears whole, and only once.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    keep = False
+    linked = False
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)
-        write_all(fd, data)
-        os.fsync(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return None
-        keep = True
-        return fd
+        linked = write_and_link(fd, tmp, path, data)
+        return fd if linked else None
     finally:
-        if not keep:
+        if not linked:
             os.close(fd)
         Path(tmp).unlink(missing_ok=True)
 

@@ -39,7 +39,7 @@ import threading
 from pathlib import Path
 from typing import Final
 
-from orchestrator.launch.local_files import create_appendable, write_all
+from orchestrator.launch.local_files import create_appendable, write_and_link
 
 __all__ = ["MAX_SPARES", "SPARE_DIR", "SpareFiles"]
 
@@ -157,22 +157,16 @@ class SpareFiles:
         if taken is None:
             return create_appendable(path, data)
         fd, spare = taken
-        still_spare = False
-        keep = False
+        still_spare = linked = False
         try:
-            write_all(fd, data)
-            os.fsync(fd)
             try:
-                os.link(spare, path)
+                linked = write_and_link(fd, spare, path, data)
             except FileNotFoundError:  # the spare's name is gone (removed by hand?): a fresh file then
                 return create_appendable(path, data)
-            except FileExistsError:
-                still_spare = True  # linked nowhere: it stays a spare
-                return None
-            keep = True
-            return fd
+            still_spare = not linked  # linked nowhere: it stays a spare
+            return fd if linked else None
         finally:
-            if not keep:
+            if not linked:
                 os.close(fd)
             if still_spare:
                 with self._lock:
