@@ -225,8 +225,8 @@ def create_appendable(path: Path, data: bytes) -> int | None:
     """Create ``path`` holding ``data``, synced, only if it does not exist yet (None then); return a
     descriptor of it open for appending (the caller closes it).
 
-    Like :func:`_write_atomically` with ``exclusive``: the data reaches the disk under a temporary
-    name first, so the file appears whole, and only once.
+    The data reaches the disk under a temporary name first, so the file appears whole, and only once
+    (``link`` fails if ``path`` exists).
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     linked = False
@@ -240,11 +240,11 @@ def create_appendable(path: Path, data: bytes) -> int | None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _write_atomically(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
-    """Write ``path`` all at once. With ``exclusive``, only if it does not exist yet (returns False then).
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` all at once (replacing it).
 
     The data reaches the disk before the file appears, so it survives a crash of the host, not only
-    of this process.
+    of this process. (The exclusive create of a task file is :func:`create_appendable`'s.)
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -253,14 +253,7 @@ def _write_atomically(path: Path, data: bytes, *, exclusive: bool = False) -> bo
             os.fsync(fd)
         finally:
             os.close(fd)
-        if exclusive:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-        else:
-            os.replace(tmp, path)
-        return True
+        os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 

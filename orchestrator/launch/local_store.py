@@ -214,13 +214,10 @@ class TaskStore:
 
     # --- writing ----------------------------------------------------------------------------------
 
-    def create(self, record: TaskRecord) -> bool:
-        """Create the task file with ``record``, synced, unless it exists (False then)."""
-        return self.spares.write_new(self.path(record.file_id), record_bytes(record))
-
     def create_open(self, record: TaskRecord) -> int | None:
-        """:meth:`create`, returning a descriptor of the task file open for appending (the caller
-        closes it), or None when it exists: the launch appends the ``pid`` line through it."""
+        """Create the task file with ``record``, synced, unless it exists (None then); return a
+        descriptor of it open for appending (the caller closes it): the launch appends the ``pid``
+        line through it."""
         return self.spares.open_new(self.path(record.file_id), record_bytes(record))
 
     def append(self, file_id: str, line: bytes) -> bool:
