@@ -2,7 +2,7 @@
 """Local launcher benchmark (issue 11's targets): the real orchestrator process against its peers.
 
 Usage: ``.venv/bin/python scripts/bench_local.py [--n 1500] [--rounds 3] [--rate 200] [--seconds 30]
-[--systems celery,dramatiq,spawn,orchestrator] [--skip-latency] [--json FILE] [--plot FILE.png]``
+[--systems celery,dramatiq,raw,spawn,orchestrator] [--skip-latency] [--json FILE] [--plot FILE.png]``
 (needs the bench extra: ``.venv/bin/pip install -e '.[test,bench]'``)
 
 What is measured, all on the same broker, every name (queues, exchanges, the Redis key prefix and
@@ -13,6 +13,10 @@ channel) of each measurement its own and deleted afterwards:
    - Celery 5, prefork, c=4, and Dramatiq 2, p=2 t=4 (``bench_peers.py``: each job decoded and
      validated, ``true`` spawned and waited for, ``dispatched`` and ``succeeded`` published with a
      blocking confirm, acked late; clock from the worker's ready hook to the last ``succeeded``);
+   - the floor (``bench_peers.raw_baseline``: the same work in plain pika, no framework, four forked
+     processes, ``posix_spawn``): no system doing this work in Python on pika costs less, so its
+     ratios to Celery, Dramatiq and the ceiling, reported beside the targets, say how far a target
+     is within reach at all on the machine;
    - the bare spawn ceiling (``bench_peers.bare_spawn_ceiling``: ``true`` spawned and waited for in a
      Python loop, no broker; the ratio uses its ``posix_spawn`` variant);
    - the orchestrator, as in production: ``python -m orchestrator.cli --log-format json run --config
@@ -110,6 +114,7 @@ from bench_peers import (  # noqa: E402
     bare_spawn_ceiling,
     celery_baseline,
     dramatiq_baseline,
+    raw_baseline,
 )
 from bench_pipeline import (  # noqa: E402
     BenchError,
@@ -127,7 +132,15 @@ from support import free_port  # noqa: E402
 from orchestrator.config import Config, load_config  # noqa: E402
 from orchestrator.logs import FAILURE, PROGRESS, SUCCESS, WARNING  # noqa: E402
 
-SYSTEMS: Final = ("celery", "dramatiq", "spawn", "orchestrator", "orchestrator-x2", "orchestrator-base")
+SYSTEMS: Final = (
+    "celery",
+    "dramatiq",
+    "raw",
+    "spawn",
+    "orchestrator",
+    "orchestrator-x2",
+    "orchestrator-base",
+)
 #: The orchestrator systems: how many processes each runs (``orchestrator-x2`` is supervisor.conf's
 #: ``numprocs=2``: two processes of one host sharing the broker, Redis and ``local.state_dir``;
 #: ``orchestrator-base`` is one process of the code given with ``--base-code``, for an A/B).
@@ -142,6 +155,10 @@ STARTUP_SECONDS: Final = 60.0
 #: SIGTERM, then SIGKILL after this.
 STOP_SECONDS: Final = 30.0
 HEALTH_INTERVAL_SECONDS: Final = 0.05
+#: How often the latency run samples the machine (steal, CPU and I/O pressure, the processes' CPU).
+SAMPLE_SECONDS: Final = 0.5
+#: A job this many times slower than the run's median publish->dispatched is a slow one.
+SLOW_FACTOR: Final = 4.0
 HEALTH_TIMEOUT_SECONDS: Final = 10.0
 MAX_HEALTH_FAILURES_KEPT: Final = 5
 WAIT_SLICE_SECONDS: Final = 0.005
@@ -885,6 +902,73 @@ def orchestrator_throughput(
 # --- latency -------------------------------------------------------------------------------------
 
 
+class MachineSampler(threading.Thread):
+    """Every SAMPLE_SECONDS: how much the machine kept the run waiting, and what the processes used.
+
+    Per sample (one row): seconds since start; the CPU time the hypervisor gave to other guests
+    (``steal`` of ``/proc/stat``, ms summed over the CPUs); the time runnable tasks waited for a CPU
+    (``/proc/pressure/cpu``, ``some``: ms of the wall clock in which at least one did) and waited for I/O
+    (``/proc/pressure/io``); the CPU ms of the orchestrator processes (their own) and of RabbitMQ. A
+    slow stretch of jobs that lines up with steal or CPU pressure while the orchestrator used no more
+    CPU than elsewhere was the machine; one that lines up with the orchestrator's own CPU was not.
+    A source this kernel lacks reads as 0.
+    """
+
+    def __init__(self, pids: Callable[[], Sequence[int]]) -> None:
+        super().__init__(name="machine-sampler", daemon=True)
+        self._pids = pids
+        self.started_at = 0.0
+        self.rows: list[list[float]] = []
+        self._stop_requested = threading.Event()
+
+    @staticmethod
+    def _counters(pids: Sequence[int]) -> tuple[float, float, float, float, float]:
+        steal = 0.0
+        with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/stat") as f:
+            steal = 1000.0 * int(f.readline().split()[8]) / CLOCK_TICKS
+        pressure = []
+        for kind in ("cpu", "io"):
+            value = 0.0
+            with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/pressure/{kind}") as f:
+                value = int(f.readline().rsplit("total=", 1)[1]) / 1000.0
+            pressure.append(value)
+        own = 0.0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                own += 1000.0 * ProcCpu.read(pid).own
+        return steal, pressure[0], pressure[1], own, 1000.0 * broker_cpu()
+
+    def run(self) -> None:
+        self.started_at = time.monotonic()
+        before = self._counters(self._pids())
+        while not self._stop_requested.wait(SAMPLE_SECONDS):
+            now = self._counters(self._pids())
+            at = time.monotonic() - self.started_at
+            self.rows.append([round(at, 2), *(round(b - a, 1) for a, b in zip(before, now, strict=True))])
+            before = now
+
+    def stop(self) -> None:
+        self._stop_requested.set()
+        self.join(timeout=5)
+
+    def around(self, stretches: Sequence[tuple[float, float]]) -> dict[str, dict[str, float]]:
+        """Per second, the columns' means inside ``stretches`` (from-to, seconds since start) and
+        outside them."""
+        names = ("steal_ms", "cpu_pressure_ms", "io_pressure_ms", "orchestrator_cpu_ms", "rabbitmq_cpu_ms")
+        inside: list[list[float]] = []
+        outside: list[list[float]] = []
+        for row in self.rows:
+            at = row[0] - SAMPLE_SECONDS / 2
+            (inside if any(a <= at <= b for a, b in stretches) else outside).append(row[1:])
+
+        def per_second(rows: list[list[float]]) -> dict[str, float]:
+            if not rows:
+                return {}
+            return {n: sum(r[i] for r in rows) / len(rows) / SAMPLE_SECONDS for i, n in enumerate(names)}
+
+        return {"slow": per_second(inside), "rest": per_second(outside), "samples": len(inside)}
+
+
 class HealthPoller(threading.Thread):
     """GET /health every HEALTH_INTERVAL_SECONDS, one new connection per request (like a load balancer)."""
 
@@ -937,6 +1021,40 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def slow_stretches(series: Sequence[Sequence[float]], gap: float = 1.0) -> list[tuple[float, float]]:
+    """Where the slow jobs of a latency run were: from-to (seconds from the first publish) of runs of
+    jobs whose publish->dispatched took SLOW_FACTOR times the median or more, joined across gaps shorter
+    than ``gap`` s. ``series``: ``[published at, dispatched ms, terminal ms]`` per job."""
+    if not series:
+        return []
+    median = statistics.median(row[1] for row in series)
+    stretches: list[tuple[float, float]] = []
+    for at, dispatched_ms, _ in series:
+        if dispatched_ms < SLOW_FACTOR * median:
+            continue
+        if stretches and at - stretches[-1][1] < gap:
+            stretches[-1] = (stretches[-1][0], at)
+        else:
+            stretches.append((at, at))
+    return stretches
+
+
+def machine_during_line(lat: dict[str, Any]) -> str:
+    """The machine in the latency run's slow stretches against the rest of it."""
+    machine = lat["machine"]
+    stretches = ", ".join(f"{a:.1f}-{b:.1f}" for a, b in lat["slow_stretches"]) or "none"
+
+    def row(values: dict[str, float]) -> str:
+        if not values:
+            return "n/a"
+        return ", ".join(f"{name} {value:.0f}" for name, value in values.items())
+
+    return (
+        f"machine per second: in the slow stretches ({stretches} s) {row(machine['slow'])}; "
+        f"elsewhere {row(machine['rest'])}"
+    )
+
+
 def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
     """``--latency-processes`` orchestrators (both sinks), a paced publisher, /health of the first
     polled meanwhile."""
@@ -946,6 +1064,7 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
     bodies = job_bodies(f"bl-{space.tag.split('.')[0]}", count)
     publisher = PacedPublisher(space.config, bodies, args.rate)
     poller = HealthPoller(space.config.http.port)
+    sampler = MachineSampler(lambda: [o.pid for o in orchestrators if o.alive])
     failed = True
     problems: list[str] = []
     try:
@@ -957,6 +1076,7 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
                 startup = max(orchestrator.wait_consuming() for orchestrator in orchestrators)
                 cpu_start = [o.cpu_at_consuming or o.cpu() for o in orchestrators]
                 poller.start()
+                sampler.start()
                 publisher.start()
                 publisher.join(args.seconds + args.timeout)
                 if publisher.is_alive() or publisher.error is not None:
@@ -971,6 +1091,7 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
                 live = f"{collector.dispatched} dispatched and {collector.terminal} of {count} jobs ended"
             finally:
                 poller.stop()
+                sampler.stop()
                 for orchestrator in orchestrators:
                     orchestrator.stop()
             wait_status_queue_drained(space.config)
@@ -994,6 +1115,15 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
         last_end = max(collected.terminal_at[i] for i in ids)
         spans = list(zip(cpu_start, cpu_end, strict=True))
         first_publish = min(published.values())
+        series = [
+            [round(at - first_publish, 4), round(1000 * d, 2), round(1000 * t, 2)]
+            for at, d, t in sorted(
+                (at, collected.dispatched_at[i] - at, collected.terminal_at[i] - at)
+                for i, at in published.items()
+            )
+        ]
+        offset = first_publish - sampler.started_at
+        stretches = [(a + offset, b + offset) for a, b in slow_stretches(series)]
         return {
             "processes": args.latency_processes,
             "jobs": count,
@@ -1002,13 +1132,12 @@ def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
             "dispatched": spread(dispatched),
             #: Per job, in publish order: seconds from the first publish, then ms to dispatched and
             #: to terminal (to see whether the slow ones cluster in time: ``--json``).
-            "series": [
-                [round(at - first_publish, 4), round(1000 * d, 2), round(1000 * t, 2)]
-                for at, d, t in sorted(
-                    (at, collected.dispatched_at[i] - at, collected.terminal_at[i] - at)
-                    for i, at in published.items()
-                )
-            ],
+            "series": series,
+            #: Stretches (seconds from the first publish) of jobs SLOW_FACTOR x slower than the median,
+            #: and what the machine did in them and outside them (MachineSampler; rows in "samples").
+            "slow_stretches": [[round(a - offset, 2), round(b - offset, 2)] for a, b in stretches],
+            "machine": sampler.around(stretches),
+            "samples": sampler.rows,
             "terminal": spread(terminal),
             "health": spread(poller.latencies)
             | {"requests": len(poller.latencies), "statuses": poller.statuses, "failures": poller.failures},
@@ -1085,7 +1214,26 @@ def summarize(results: Sequence[tuple[int, Result]], latency: dict[str, Any] | N
                     "per_round": per_round,
                     "target": target,
                 }
-    return {"systems": systems, "ratios": ratios, "latency": latency, "a_b": a_b_rounds(results)}
+    floor: dict[str, Any] = {}
+    for label, peer, target in (
+        ("celery", "celery", TARGET_CELERY),
+        ("dramatiq", "dramatiq", TARGET_DRAMATIQ),
+        ("ceiling", "spawn:posix_spawn", TARGET_CEILING),
+    ):
+        if "raw" in rates and peer in rates:
+            per_round = [r["raw"] / r[peer] for r in by_round.values() if "raw" in r and peer in r]
+            floor[f"raw/{label}"] = {
+                "of_medians": systems["raw"]["median"] / systems[peer]["median"],
+                "per_round": per_round,
+                "target": target,
+            }
+    return {
+        "systems": systems,
+        "ratios": ratios,
+        "floor": floor,
+        "latency": latency,
+        "a_b": a_b_rounds(results),
+    }
 
 
 def a_b_rounds(results: Sequence[tuple[int, Result]]) -> list[dict[str, float]]:
@@ -1138,6 +1286,13 @@ def target_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(
             f"{mark} {name} = {ratio['of_medians']:.2f} (medians; per round {rounds}) "
             f"target >= {ratio['target']:g}"
+        )
+    for name, ratio in summary.get("floor", {}).items():
+        rounds = ", ".join(f"{r:.2f}" for r in ratio["per_round"])
+        reach = "reaches" if ratio["of_medians"] >= ratio["target"] else "does not reach"
+        lines.append(
+            f"{PROGRESS} floor: {name} = {ratio['of_medians']:.2f} (per round {rounds}): the same work in "
+            f"plain pika with no framework {reach} the {ratio['target']:g}x asked of the orchestrator"
         )
     for system in ORCHESTRATOR_PROCESSES:
         orch = summary["systems"].get(system)
@@ -1387,6 +1542,9 @@ def measure_all(args: argparse.Namespace, box: dict[str, Any], machine_line: str
         "dramatiq": lambda _r: [
             dramatiq_baseline(args.n, 2, 4, url=args.url, queue_type=args.queue_type, timeout=args.timeout)
         ],
+        "raw": lambda _r: [
+            raw_baseline(args.n, 4, url=args.url, queue_type=args.queue_type, timeout=args.timeout)
+        ],
         "spawn": lambda _r: list(bare_spawn_ceiling(args.n)),
         "orchestrator": lambda r: [orchestrator_throughput(args.n, args, r)],
         "orchestrator-x2": lambda r: [orchestrator_throughput(args.n, args, r, "orchestrator-x2")],
@@ -1452,6 +1610,7 @@ def measure_all(args: argparse.Namespace, box: dict[str, Any], machine_line: str
                     flush=True,
                 )
             print(latency_line(latency), flush=True)
+            print(machine_during_line(latency), flush=True)
             report_problems("latency", latency["problems"], problems)
 
     summary = summarize(results, latency)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peer baselines for the local launcher benchmark: Celery, Dramatiq and the bare spawn ceiling.
 
-Usage: .venv/bin/python scripts/bench_peers.py [--n 1500] [--rounds 3] [--systems celery,dramatiq,spawn]
+Usage: .venv/bin/python scripts/bench_peers.py [--n 1500] [--rounds 3] [--systems celery,dramatiq,raw,spawn]
 (needs the bench extra: ``.venv/bin/pip install -e '.[bench]'``)
 
 Every system does the same work per job (``peers/common.py``): a JSON job, published persistent to a
@@ -16,10 +16,12 @@ hook: Celery's ``worker_ready`` signal, sent right after ``basic_consume``; Dram
 ``succeeded`` event at a status collector (a thread of this process with its own pika connection). The
 jobs are preloaded before the worker starts; that is not timed.
 
+``raw`` is the floor: the same work in plain pika with no framework (``peers/raw_worker.py``).
+
 Import it from ``scripts/`` (``bench_local.py`` does): :func:`celery_baseline`,
-:func:`dramatiq_baseline` and :func:`bare_spawn_ceiling` return :class:`PeerResult` objects. Celery and
-Dramatiq are imported only inside the functions; without them :class:`MissingDependencyError` says what to
-install.
+:func:`dramatiq_baseline`, :func:`raw_baseline` and :func:`bare_spawn_ceiling` return
+:class:`PeerResult` objects. Celery and Dramatiq are imported only inside the functions; without them
+:class:`MissingDependencyError` says what to install.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ __all__ = [
     "celery_baseline",
     "dramatiq_baseline",
     "job_body",
+    "raw_baseline",
     "spawn_posix_spawn",
     "spawn_subprocess_run",
 ]
@@ -572,6 +575,63 @@ def dramatiq_baseline(
     return replace(result, wall_seconds=time.monotonic() - call_start)
 
 
+def raw_baseline(
+    n: int,
+    processes: int = 4,
+    *,
+    prefetch: int = 4,
+    url: str = DEFAULT_URL,
+    queue_type: str = "classic",
+    timeout: float | None = None,
+) -> PeerResult:
+    """The floor: ``python -m peers.raw_worker``, the same work in plain pika in ``processes`` forked
+    processes of one connection each (prefetch ``prefetch``), ``posix_spawn`` for ``true``.
+
+    ``n`` job bodies are published persistent to a durable queue of the run's own before the worker
+    starts (not timed). It is the least that a system doing this work in Python on pika costs here,
+    so its jobs/s bound the ratios to Celery and Dramatiq that such a system can reach.
+    """
+    call_start = time.monotonic()
+    run_id = _run_id()
+    job_queue = f"bench_peers_raw_{run_id}"
+    status_queue = f"bench_peers_raw_{run_id}.status"
+
+    def preload() -> None:
+        connection = _connect(url)
+        try:
+            channel = connection.channel()
+            channel.queue_declare(job_queue, durable=True, arguments={"x-queue-type": queue_type})
+            properties = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+            for i in range(n):
+                channel.basic_publish("", job_queue, job_body(run_id, i).encode(), properties)
+        finally:
+            connection.close()
+
+    result = _run_worker_system(
+        system="raw",
+        n=n,
+        url=url,
+        job_queue=job_queue,
+        status_queue=status_queue,
+        queue_type=queue_type,
+        argv=[sys.executable, "-m", "peers.raw_worker"],
+        env={"BENCH_PEERS_RAW_PROCESSES": str(processes), "BENCH_PEERS_PREFETCH": str(prefetch)},
+        preload=preload,
+        clock="first process consuming (its ready file) -> last succeeded at the collector",
+        cleanup_queues=[job_queue],
+        cleanup_exchanges=[],
+        settings={
+            "processes": processes,
+            "prefetch": prefetch,
+            "queue_type": queue_type,
+            "spawn": "os.posix_spawn + os.waitpid",
+            "status_publisher": "pika BlockingConnection per process, confirm_delivery",
+        },
+        timeout=timeout,
+    )
+    return replace(result, wall_seconds=time.monotonic() - call_start)
+
+
 def _spawn_loop(system: str, n: int, spawn_one: Callable[[], None], clock: str) -> PeerResult:
     self_before, children_before = _self_cpu(), _children_cpu()
     start = time.monotonic()
@@ -620,7 +680,7 @@ def bare_spawn_ceiling(n: int) -> tuple[PeerResult, PeerResult]:
 
 # --- the command line ---------------------------------------------------------------------------------
 
-SYSTEMS = ("celery", "dramatiq", "spawn")
+SYSTEMS = ("celery", "dramatiq", "raw", "spawn")
 #: Settings entries that differ per run (left out of the summary's settings line).
 _PER_RUN_KEYS = frozenset({"events", "ready_processes", "ready_spread_seconds", "note"})
 
@@ -660,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--celery-prefetch-multiplier", type=int, default=4)
     parser.add_argument("--dramatiq-processes", type=int, default=2)
     parser.add_argument("--dramatiq-threads", type=int, default=4)
+    parser.add_argument("--raw-processes", type=int, default=4)
     parser.add_argument("--json", metavar="PATH", help="also write every result as JSON to PATH")
     args = parser.parse_args(argv)
 
@@ -687,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
                 queue_type=args.queue_type,
             )
         ],
+        "raw": lambda: [raw_baseline(args.n, args.raw_processes, url=args.url, queue_type=args.queue_type)],
         "spawn": lambda: list(bare_spawn_ceiling(args.n)),
     }
     print(f"bench_peers: n={args.n}, rounds={args.rounds}, systems={systems}, queues {args.queue_type}")
