@@ -2,7 +2,7 @@
 
 :class:`LocalLauncher` starts each task as a process group of its own (the
 :mod:`~orchestrator.launch.local_task` shell wrapper around ``local.command``, spawned with
-``os.posix_spawn``), observes it, stops it and forgets it, through the task files described in
+glibc's ``posix_spawn``, :mod:`~orchestrator.launch.spawn`), observes it, stops it and forgets it, through the task files described in
 :mod:`orchestrator.launch.local_files`. A process is identified by its pid *and* its start time
 (:mod:`orchestrator.launch.local_process`), so a reused pid is never mistaken for the task (Linux only).
 
@@ -61,6 +61,7 @@ from orchestrator.launch.local_process import (
 from orchestrator.launch.local_store import TaskStore, alive, handle_of
 from orchestrator.launch.local_task import SIGNAL_EXIT_BASE, WRAPPER_NAME, WRAPPER_SCRIPT
 from orchestrator.launch.local_watch import ExitWatcher
+from orchestrator.launch.spawn import spawn
 from orchestrator.logs import PROGRESS, SUCCESS, WARNING, task_fields
 from orchestrator.messages import JOB_DECODER, SourceJob
 
@@ -330,13 +331,13 @@ class LocalLauncher:
     def _spawn(self, argv: list[str], env: dict[str, str], log_path: Path) -> _Child:
         """Start the wrapper in a new session: stdin from /dev/null, stdout and stderr to the log.
 
-        ``os.posix_spawn``: one call (vfork and exec in C) instead of ``subprocess.Popen``'s Python
-        and its ten more system calls (a pipe for exec errors, signal masks, closes), each of which
-        lets go of the GIL. ``posix_spawn`` holds the GIL until the child has exec'd, and still
-        came out ahead against ``subprocess``: in six interleaved rounds of one benchmark run
-        (``bench_local.py --base-code``), less CPU per job in 4 (median ratio 0.947) and 6 fewer
-        context switches per job in each. (An earlier measurement, which had ``posix_spawn``
-        blocking the other threads for half of the interpreter's time, was not reproduced.)
+        ``posix_spawn``: one call (vfork and exec in C) instead of ``subprocess.Popen``'s Python and
+        its ten more system calls (a pipe for exec errors, signal masks, closes), each of which lets go
+        of the GIL: in six interleaved rounds of one benchmark run (``bench_local.py --base-code``),
+        less CPU per job in 4 (median ratio 0.947) and 6 fewer context switches per job in each.
+        Through ctypes (:mod:`~orchestrator.launch.spawn`), which lets go of the GIL while the child
+        execs, where ``os.posix_spawn`` holds it: more jobs/s in 16 of 22 interleaved rounds (median
+        ratio 1.047), the same CPU per job.
 
         Every descriptor of this process is close-on-exec (Python's default), so the task inherits
         only the three set here; signals this process ignores (SIGPIPE) or blocks are reset, as
@@ -344,19 +345,7 @@ class LocalLauncher:
         """
         output = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
         try:
-            pid = os.posix_spawn(
-                argv[0],
-                argv,
-                env,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, _devnull(), 0),
-                    (os.POSIX_SPAWN_DUP2, output, 1),
-                    (os.POSIX_SPAWN_DUP2, output, 2),
-                ],
-                setsid=True,
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-                setsigmask=(),
-            )
+            pid = spawn(argv[0], argv, env, _devnull(), output, output)
         finally:
             os.close(output)
         return _Child(pid)
