@@ -1,10 +1,11 @@
 """The local back-end: each task is a process on this host (the development default and the quickstart's).
 
 :class:`LocalLauncher` starts each task as a process group of its own (the
-:mod:`~orchestrator.launch.local_task` shell wrapper around ``local.command``, spawned with
-glibc's ``posix_spawn``, :mod:`~orchestrator.launch.spawn`), observes it, stops it and forgets it, through the task files described in
-:mod:`orchestrator.launch.local_files`. A process is identified by its pid *and* its start time
-(:mod:`orchestrator.launch.local_process`), so a reused pid is never mistaken for the task (Linux only).
+:mod:`~orchestrator.launch.local_task` shell wrapper around ``local.command``, spawned with glibc's
+``posix_spawn``, :mod:`~orchestrator.launch.spawn`), observes it, stops it and forgets it, through the
+task files described in :mod:`orchestrator.launch.local_files`. A process is identified by its pid
+*and* its start time (:mod:`orchestrator.launch.local_process`), so a reused pid is never mistaken for
+the task (Linux only).
 
 Whoever follows the tasks may ask to be told of their ends as they happen
 (:meth:`LocalLauncher.notify_ends`): one thread then waits on a pidfd per task
