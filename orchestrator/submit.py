@@ -122,6 +122,7 @@ def _publish(config: Config, body: bytes) -> None:
 
 # --- describing failures -------------------------------------------------------------------------
 
+
 def _broker_failure(node: BrokerNode, doing: str, error: BaseException) -> str:
     """One line for a failure after connecting: a refused operation, or the connection lost."""
     failed = f"RabbitMQ at {node.endpoint}: {doing} failed"

@@ -183,6 +183,7 @@ def test_the_publisher_resends_on_the_next_node_what_the_lost_one_did_not_confir
 
         # When the first node goes down and messages are published
         nodes[0].stop()
+
         def on_confirm(body: bytes) -> Callable[[bool, str], None]:
             return lambda ok, _detail: confirmed.put((body, ok))
 

@@ -40,9 +40,7 @@ def comparable(output: str) -> str:
     """The output without what differs by nature between runs (the HTTP port, a passing ``running``),
     and without the note about an earlier interrupted run's leftovers (only the first may find it)."""
     lines = [
-        line
-        for line in output.splitlines()
-        if LEFTOVERS_NOTE not in line and not PASSING_RUNNING.match(line)
+        line for line in output.splitlines() if LEFTOVERS_NOTE not in line and not PASSING_RUNNING.match(line)
     ]
     return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", "\n".join(lines))
 

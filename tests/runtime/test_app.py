@@ -42,8 +42,6 @@ def config_file(tmp_path: Path, port: int = 0, drain_seconds: float = 5.0) -> Pa
     )
 
 
-
-
 def sample_app(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "tests.runtime.sample_app", *args)
 

@@ -82,8 +82,6 @@ def config_file(tmp_path: Path, hold_seconds: float, drain_seconds: float = 5.0)
     )
 
 
-
-
 def run_command(config: Path) -> tuple[str, ...]:
     return (str(ORCHESTRATOR_COMMAND), "run", "--config", str(config))
 

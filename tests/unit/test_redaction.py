@@ -538,7 +538,7 @@ def test_the_fast_literal_split_finds_exactly_what_the_regex_finds(
 ) -> None:
     from orchestrator import dead_letter_body
 
-    text = msgspec.json.encode({f"k{i}\\\"": s for i, s in enumerate(strings)}).decode()
+    text = msgspec.json.encode({f'k{i}\\"': s for i, s in enumerate(strings)}).decode()
     saved = dead_letter_body._CHARS_PER_QUOTE
     setattr(dead_letter_body, "_CHARS_PER_QUOTE", 0 if force_fast_path else saved)  # noqa: B010
     try:
