@@ -58,7 +58,9 @@ round); ``--code live`` imports the tree itself.
 An A/B in one run: ``--base-code TREE`` (a ``git worktree`` of the commit before, say) adds
 ``orchestrator-base``, one process importing a copy of TREE's packages, measured beside
 ``orchestrator`` in every round (the two swap places every other round); the summary gives each
-round's CPU, context switches and jobs/s of both, and in how many rounds the tree used less CPU. The
+round's CPU, context switches and jobs/s of both, and in how many rounds the tree used less CPU.
+The latency run is then made ``--latency-rounds`` times for each (in pairs, swapping order), since
+a change can matter at a moderate rate, where nothing is batched, and not at saturation. The
 machine's speed drifts by ±30% over minutes, so two alternated runs compare worse than rounds of one.
 Each orchestrator round also reports the context switches of its threads per job: unlike CPU time,
 the count hardly moves with the machine's speed, and a thread hand-off or a system call that lets
@@ -1055,11 +1057,11 @@ def machine_during_line(lat: dict[str, Any]) -> str:
     )
 
 
-def orchestrator_latency(args: argparse.Namespace) -> dict[str, Any]:
+def orchestrator_latency(args: argparse.Namespace, base: bool = False) -> dict[str, Any]:
     """``--latency-processes`` orchestrators (both sinks), a paced publisher, /health of the first
-    polled meanwhile."""
+    polled meanwhile. ``base``: of the ``--base-code``."""
     space = Workspace(args, "latency", "amqp,redis")
-    orchestrators = orchestrator_processes(space, args.latency_processes)
+    orchestrators = orchestrator_processes(space, args.latency_processes, base=base)
     count = round(args.rate * args.seconds)
     bodies = job_bodies(f"bl-{space.tag.split('.')[0]}", count)
     publisher = PacedPublisher(space.config, bodies, args.rate)
@@ -1416,6 +1418,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=200.0, help="latency: offered jobs/s")
     parser.add_argument("--seconds", type=float, default=30.0, help="latency: how long it is offered")
     parser.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=2,
+        help="with --base-code: pairs of latency runs, the tree's and the base's (default 2)",
+    )
+    parser.add_argument(
         "--latency-processes",
         type=int,
         default=1,
@@ -1527,6 +1535,55 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def run_latency(
+    args: argparse.Namespace, base: bool, errors: list[str], problems: list[str]
+) -> dict[str, Any] | None:
+    """One latency run, printed; None (and the error noted) when it failed."""
+    try:
+        latency = orchestrator_latency(args, base=base)
+    except BrokenPromiseError as e:
+        errors.append(str(e))
+        print(f"{FAILURE} {e}", flush=True)
+        report_problems("latency", e.problems, problems)
+        return None
+    except (BenchError, pika.exceptions.AMQPError, redis.RedisError, OSError) as e:
+        errors.append(f"latency: {e}")
+        print(f"{FAILURE} latency: {e}", flush=True)
+        return None
+    for key in ("dispatched", "terminal", "health"):
+        s = latency[key]
+        print(
+            f"latency {key:<10} p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  "
+            f"max {s['max_ms']:7.1f} ms",
+            flush=True,
+        )
+    print(latency_line(latency), flush=True)
+    print(machine_during_line(latency), flush=True)
+    report_problems("latency", latency["problems"], problems)
+    return latency
+
+
+def latency_figures(latency: dict[str, Any]) -> dict[str, float]:
+    """What an A/B of latency runs compares."""
+    return {
+        "dispatched_p50_ms": latency["dispatched"]["p50_ms"],
+        "dispatched_p99_ms": latency["dispatched"]["p99_ms"],
+        "terminal_p99_ms": latency["terminal"]["p99_ms"],
+        "cpu_ms_per_job": latency["own_cpu_ms_per_job"],
+        "switches_per_job": latency["switches_per_job"],
+    }
+
+
+def latency_a_b_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The latency A/B's runs, in the order run."""
+    return [
+        f"latency A/B pair {row['pair']} {row['system']:<18}: CPU {row['cpu_ms_per_job']:.2f} ms/job, "
+        f"{row['switches_per_job']:.1f} context switches/job, dispatched p50 {row['dispatched_p50_ms']:.1f} "
+        f"p99 {row['dispatched_p99_ms']:.1f} ms, terminal p99 {row['terminal_p99_ms']:.1f} ms"
+        for row in rows
+    ]
+
+
 def measure_all(args: argparse.Namespace, box: dict[str, Any], machine_line: str, code: str) -> int:
     started = time.monotonic()
     print(
@@ -1586,32 +1643,28 @@ def measure_all(args: argparse.Namespace, box: dict[str, Any], machine_line: str
                     report_problems(f"round {round_no}", result.problems, problems)
 
     latency: dict[str, Any] | None = None
+    latency_a_b: list[dict[str, Any]] = []
     if not args.skip_latency and "orchestrator" in args.systems:
-        print(
-            f"{PROGRESS} latency: {args.rate:g} jobs/s offered for {args.seconds:g} s to "
-            f"{args.latency_processes} process(es), both sinks, /health polled",
-            flush=True,
-        )
-        try:
-            latency = orchestrator_latency(args)
-        except BrokenPromiseError as e:
-            errors.append(str(e))
-            print(f"{FAILURE} {e}", flush=True)
-            report_problems("latency", e.problems, problems)
-        except (BenchError, pika.exceptions.AMQPError, redis.RedisError, OSError) as e:
-            errors.append(f"latency: {e}")
-            print(f"{FAILURE} latency: {e}", flush=True)
-        else:
-            for key in ("dispatched", "terminal", "health"):
-                s = latency[key]
+        # With --base-code, --latency-rounds pairs of runs: the tree's and the base's, swapping order.
+        pairs = args.latency_rounds if args.base_code else 1
+        for pair in range(pairs):
+            codes = [False, True] if args.base_code else [False]
+            for base in codes if pair % 2 == 0 else codes[::-1]:
+                label = "orchestrator-base" if base else "orchestrator"
                 print(
-                    f"latency {key:<10} p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  "
-                    f"max {s['max_ms']:7.1f} ms",
+                    f"{PROGRESS} latency ({label}): {args.rate:g} jobs/s offered for {args.seconds:g} s to "
+                    f"{args.latency_processes} process(es), both sinks, /health polled",
                     flush=True,
                 )
-            print(latency_line(latency), flush=True)
-            print(machine_during_line(latency), flush=True)
-            report_problems("latency", latency["problems"], problems)
+                measured = run_latency(args, base, errors, problems)
+                if measured is None:
+                    continue
+                if args.base_code:
+                    latency_a_b.append({"system": label, "pair": pair + 1, **latency_figures(measured)})
+                if not base and latency is None:
+                    latency = measured
+        for line in latency_a_b_lines(latency_a_b):
+            print(line, flush=True)
 
     summary = summarize(results, latency)
     print("\nsummary (medians over rounds):")
@@ -1643,6 +1696,7 @@ def measure_all(args: argparse.Namespace, box: dict[str, Any], machine_line: str
                     "args": {k: v for k, v in vars(args).items()},
                     "results": [{"round": r, **result.as_dict()} for r, result in results],
                     "summary": summary,
+                    "latency_a_b": latency_a_b,
                     "problems": problems,
                     "errors": errors,
                 },
