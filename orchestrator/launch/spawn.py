@@ -18,7 +18,6 @@ the same file actions and attributes.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import signal
 import threading
@@ -123,9 +122,8 @@ class _GlibcSpawn:
             for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
                 _check(self._fa_dup2(actions, fd, target), "posix_spawn_file_actions_adddup2")
             pid = ctypes.c_int()
-            error = self._posix_spawn(
-                ctypes.byref(pid), os.fsencode(path), actions, self._attr, c_argv, c_env
-            )
+            c_path = _c_string(path)
+            error = self._posix_spawn(ctypes.byref(pid), c_path, actions, self._attr, c_argv, c_env)
         finally:
             self._fa_destroy(actions)
         if error:
@@ -153,9 +151,10 @@ def _check(result: int, what: str) -> None:
 
 
 _lock = threading.Lock()
+#: The spawn function once chosen (empty until the first launch).
+_chosen: list[Spawn] = []
 
 
-@functools.cache
 def _load() -> Spawn:
     try:
         return _GlibcSpawn()
@@ -165,8 +164,11 @@ def _load() -> Spawn:
 
 def spawner() -> Spawn:
     """The spawn function of this system: glibc's through ctypes where it loads, else ``os.posix_spawn``."""
-    with _lock:  # (a cache miss in two threads at once would set glibc's up twice)
-        return _load()
+    if not _chosen:
+        with _lock:  # chosen once (the first launches may come from several threads at once)
+            if not _chosen:
+                _chosen.append(_load())
+    return _chosen[0]
 
 
 def spawn(

@@ -121,21 +121,22 @@ def test_a_program_that_is_not_there_raises_oserror_naming_it(
 
 
 @pytest.mark.parametrize(
-    ("argv", "env"),
+    ("path", "argv", "env"),
     [
-        (["sh", "-c", "true\0rm -rf /"], {}),
-        (["sh"], {"REPO": "https://example.com/a.git\0; rm -rf /"}),
-        (["sh"], {"A=B": "c"}),
-        (["sh"], {"": "c"}),
+        ("/bin/sh\0-evil", ["sh"], {}),
+        ("/bin/sh", ["sh", "-c", "true\0rm -rf /"], {}),
+        ("/bin/sh", ["sh"], {"REPO": "https://example.com/a.git\0; rm -rf /"}),
+        ("/bin/sh", ["sh"], {"A=B": "c"}),
+        ("/bin/sh", ["sh"], {"": "c"}),
     ],
-    ids=["nul-in-argv", "nul-in-env-value", "equals-in-env-name", "empty-env-name"],
+    ids=["nul-in-path", "nul-in-argv", "nul-in-env-value", "equals-in-env-name", "empty-env-name"],
 )
 def test_a_string_c_would_cut_or_misread_is_refused_not_passed_on(
-    start: Spawn, fds: tuple[int, int, Path], argv: list[str], env: dict[str, str]
+    start: Spawn, fds: tuple[int, int, Path], path: str, argv: list[str], env: dict[str, str]
 ) -> None:
     stdin, output, out = fds
     with pytest.raises(ValueError):
-        start("/bin/sh", argv, env, stdin, output, output)
+        start(path, argv, env, stdin, output, output)
     assert out.read_text() == ""
 
 
@@ -202,13 +203,13 @@ def test_without_glibcs_posix_spawn_it_is_os_posix_spawn(monkeypatch: pytest.Mon
     def no_library(*args: object, **kwargs: object) -> None:
         raise OSError("libc.so.6: cannot open shared object file")
 
-    spawn_module._load.cache_clear()
+    monkeypatch.setattr(spawn_module, "_chosen", [])
     monkeypatch.setattr(ctypes, "CDLL", no_library)
     try:
         assert spawner() is spawn_module._os_spawn
+        assert spawner() is spawn_module._os_spawn  # chosen once
     finally:
         monkeypatch.undo()
-        spawn_module._load.cache_clear()
     assert isinstance(spawner(), spawn_module._GlibcSpawn) or not GLIBC
 
 
