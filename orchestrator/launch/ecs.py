@@ -113,6 +113,10 @@ class EcsLauncher:
             DESCRIBE_CONCURRENCY, thread_name_prefix=f"describe-{self.name}"
         )
         self.failure_notes = FailureNotes(config, self.client, self._call, logs_client)
+        #: The launch in progress on this thread: its :attr:`LaunchRequest.may_start`, asked right
+        #: before each RunTask request goes out (see :meth:`_fence_run_task`).
+        self._launching = threading.local()
+        self.client.meta.events.register("before-send.ecs.RunTask", self._fence_run_task)
 
     # --- per job type ---------------------------------------------------------------------------
 
@@ -156,7 +160,11 @@ class EcsLauncher:
             PermanentLaunchError: the launch cannot succeed as configured (message from AWS).
         """
         params = self.run_task_params(request)
-        response = self._call("RunTask", self.client.run_task, **params)
+        self._launching.may_start = request.may_start
+        try:
+            response = self._call("RunTask", self.client.run_task, **params)
+        finally:
+            self._launching.may_start = None
         failures = response.get("failures") or []
         tasks = response.get("tasks") or []
         if failures and not tasks:
@@ -174,6 +182,26 @@ class EcsLauncher:
             extra=task_fields(handle, SUCCESS),
         )
         return handle
+
+    def _fence_run_task(self, **_: Any) -> None:
+        """(botocore's ``before-send``, on the launching thread, before each try of RunTask.) Refuse
+        to send it when this process may no longer hold the job's slot or claim.
+
+        The guard asks the same before calling :meth:`launch`; asked again here, after the request
+        was built and signed and right before it leaves, a stall (SIGSTOP, a frozen VM) longer than the
+        leases in between cannot start the task after other processes took the slot or adopted the
+        attempt. A stall once the request is sent cannot be fenced by anyone: ECS starts the task.
+        botocore hands the error back as the call's (not retried), and :meth:`_call` passes it on.
+
+        Raises:
+            CapacityError: the slot's lease, or the instance lease, may have lapsed.
+        """
+        may_start = getattr(self._launching, "may_start", None)
+        if may_start is not None and not may_start():
+            raise CapacityError(
+                "not sending RunTask: this process may no longer hold the job's slot or claim (it was "
+                "stopped for longer than its leases during the launch); trying again later"
+            )
 
     def find(self, deployment_id: str, attempt: int) -> TaskHandle | None:
         """The task tagged with (``deployment_id``, ``attempt``) among our ``startedBy`` tasks, if any.

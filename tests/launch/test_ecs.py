@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import boto3
+import msgspec
 import pytest
 from botocore.config import Config as BotoConfig
 from botocore.stub import Stubber
@@ -604,3 +605,73 @@ def test_launch_records_launch_time(ecs_world: EcsWorld) -> None:
     before = time.time()
     handle = launcher.launch(request_for())
     assert before <= handle.launched_at <= time.time()
+
+
+# --- the stall fence right before RunTask leaves ------------------------------------------------------
+
+
+def _running_tasks() -> list[str]:
+    return list(boto3.client("ecs", region_name=REGION).list_tasks(cluster=CLUSTER)["taskArns"])
+
+
+def test_run_task_is_not_sent_when_the_slot_or_claim_lapsed_after_the_guards_check(
+    ecs_world: EcsWorld,
+) -> None:
+    launcher = EcsLauncher(config_from(ecs_world.environ()), "FARGATE")
+    asked: list[str] = []
+    signed: list[bool] = []
+    launcher.client.meta.events.register("before-sign.ecs.RunTask", lambda **_: signed.append(True))
+
+    def lapsed() -> bool:
+        # A stall past the leases between the guard's check and here: the slot may be another's now.
+        asked.append("signed" if signed else "before signing")
+        return False
+
+    request = msgspec.structs.replace(request_for(), may_start=lapsed)
+    with pytest.raises(CapacityError, match="not sending RunTask"):
+        launcher.launch(request)
+    # Asked once, after the request was signed (right before it would leave), and nothing started
+    assert asked == ["signed"]
+    assert _running_tasks() == []
+    assert launcher.api_calls["RunTask"] == 1  # the call was made, its request not sent
+
+
+def test_run_task_is_sent_while_the_slot_and_claim_are_held(ecs_world: EcsWorld) -> None:
+    launcher = EcsLauncher(config_from(ecs_world.environ()), "FARGATE")
+    asked: list[bool] = []
+
+    def held() -> bool:
+        asked.append(True)
+        return True
+
+    handle = launcher.launch(msgspec.structs.replace(request_for(), may_start=held))
+    assert asked == [True]
+    assert _running_tasks() == [handle.task_id]
+    # The next launch on this thread has no fence of its own: the last one's is not asked again
+    launcher.launch(request_for("dep-2"))
+    assert asked == [True]
+
+
+def test_a_stall_while_run_task_is_signed_leaves_nothing_launched_and_the_next_try_launches(
+    ecs_world: EcsWorld,
+) -> None:
+    from orchestrator.launch.guard import GuardedLauncher
+
+    launcher = EcsLauncher(config_from(ecs_world.environ()), "FARGATE")
+    slot = {"held": True, "stall_while_signing": True}
+
+    def stall(**_: Any) -> None:
+        if slot["stall_while_signing"]:
+            slot["held"] = False  # the leases lapsed meanwhile: another process may hold the slot now
+
+    launcher.client.meta.events.register("before-sign.ecs.RunTask", stall)
+    guard = GuardedLauncher(launcher, "orch-a", registry=None, slot_held=lambda _: slot["held"])
+    # The guard's own check passes; the one right before sending does not
+    with pytest.raises(CapacityError, match="not sending RunTask"):
+        guard.launch(request_for())
+    assert _running_tasks() == []
+    assert not guard.active_here("dep-1")
+    # Once the slot is held again, the same attempt launches (the guard kept nothing of the first try)
+    slot.update(held=True, stall_while_signing=False)
+    handle = guard.launch(request_for())
+    assert _running_tasks() == [handle.task_id]
