@@ -47,9 +47,14 @@ def _trees() -> list[tuple[Path, ast.AST]]:
     return [(path.relative_to(ROOT), ast.parse(path.read_text(encoding="utf-8"))) for path in SOURCES]
 
 
+#: Attributes of a botocore client that are not API calls (``client.meta.events``: its event hooks).
+CLIENT_NON_CALLS = frozenset({"meta"})
+
+
 def _client_method(node: ast.AST) -> str | None:
-    """``m`` of ``<...>.client.m`` or ``client.m``; None for anything else."""
-    if not isinstance(node, ast.Attribute):
+    """``m`` of ``<...>.client.m`` or ``client.m``; None for anything else, and for the client's
+    attributes that call no API (:data:`CLIENT_NON_CALLS`)."""
+    if not isinstance(node, ast.Attribute) or node.attr in CLIENT_NON_CALLS:
         return None
     owner = node.value
     if (isinstance(owner, ast.Attribute) and owner.attr == "client") or (
