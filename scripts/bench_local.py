@@ -954,14 +954,14 @@ class MachineSampler(threading.Thread):
         self.join(timeout=5)
 
     def around(self, stretches: Sequence[tuple[float, float]]) -> dict[str, dict[str, float]]:
-        """Per second, the columns' means inside ``stretches`` (from-to, seconds since start) and
-        outside them."""
+        """Per second, the columns' means over the samples that overlap ``stretches`` (from-to, seconds
+        since start; a stretch of one slow job is one instant) and over the others."""
         names = ("steal_ms", "cpu_pressure_ms", "io_pressure_ms", "orchestrator_cpu_ms", "rabbitmq_cpu_ms")
         inside: list[list[float]] = []
         outside: list[list[float]] = []
         for row in self.rows:
-            at = row[0] - SAMPLE_SECONDS / 2
-            (inside if any(a <= at <= b for a, b in stretches) else outside).append(row[1:])
+            start, end = row[0] - SAMPLE_SECONDS, row[0]  # the sample covers (start, end]
+            (inside if any(a <= end and start <= b for a, b in stretches) else outside).append(row[1:])
 
         def per_second(rows: list[list[float]]) -> dict[str, float]:
             if not rows:
