@@ -1204,31 +1204,8 @@ def summarize(results: Sequence[tuple[int, Result]], latency: dict[str, Any] | N
         by_round.setdefault(round_no, {})[result.system] = result.jobs_per_second
     ratios: dict[str, Any] = {}
     for orch in ORCHESTRATOR_PROCESSES:
-        for label, peer, target in (
-            ("celery", "celery", TARGET_CELERY),
-            ("dramatiq", "dramatiq", TARGET_DRAMATIQ),
-            ("ceiling", "spawn:posix_spawn", TARGET_CEILING),
-        ):
-            if orch in rates and peer in rates:
-                per_round = [r[orch] / r[peer] for r in by_round.values() if orch in r and peer in r]
-                ratios[f"{orch}/{label}"] = {
-                    "of_medians": systems[orch]["median"] / systems[peer]["median"],
-                    "per_round": per_round,
-                    "target": target,
-                }
-    floor: dict[str, Any] = {}
-    for label, peer, target in (
-        ("celery", "celery", TARGET_CELERY),
-        ("dramatiq", "dramatiq", TARGET_DRAMATIQ),
-        ("ceiling", "spawn:posix_spawn", TARGET_CEILING),
-    ):
-        if "raw" in rates and peer in rates:
-            per_round = [r["raw"] / r[peer] for r in by_round.values() if "raw" in r and peer in r]
-            floor[f"raw/{label}"] = {
-                "of_medians": systems["raw"]["median"] / systems[peer]["median"],
-                "per_round": per_round,
-                "target": target,
-            }
+        ratios.update(ratios_to_peers(orch, systems, by_round))
+    floor = ratios_to_peers("raw", systems, by_round)
     return {
         "systems": systems,
         "ratios": ratios,
@@ -1236,6 +1213,30 @@ def summarize(results: Sequence[tuple[int, Result]], latency: dict[str, Any] | N
         "latency": latency,
         "a_b": a_b_rounds(results),
     }
+
+
+#: (label, peer system, target ratio) of every ratio the issue asks for.
+PEER_TARGETS: Final = (
+    ("celery", "celery", TARGET_CELERY),
+    ("dramatiq", "dramatiq", TARGET_DRAMATIQ),
+    ("ceiling", "spawn:posix_spawn", TARGET_CEILING),
+)
+
+
+def ratios_to_peers(
+    system: str, systems: dict[str, dict[str, Any]], by_round: dict[int, dict[str, float]]
+) -> dict[str, Any]:
+    """``system``'s jobs/s against each peer's: of the medians, per round, and the target."""
+    ratios: dict[str, Any] = {}
+    for label, peer, target in PEER_TARGETS:
+        if system in systems and peer in systems:
+            per_round = [r[system] / r[peer] for r in by_round.values() if system in r and peer in r]
+            ratios[f"{system}/{label}"] = {
+                "of_medians": systems[system]["median"] / systems[peer]["median"],
+                "per_round": per_round,
+                "target": target,
+            }
+    return ratios
 
 
 def a_b_rounds(results: Sequence[tuple[int, Result]]) -> list[dict[str, float]]:
