@@ -108,7 +108,7 @@ from typing import IO, Any, Final, TypeAlias  # noqa: E402
 import pika  # noqa: E402
 import pika.exceptions  # noqa: E402
 import redis  # noqa: E402
-from bench_hostile import broker_cpu  # noqa: E402
+from bench_hostile import broker_cpu, broker_pids, cpu_seconds  # noqa: E402
 from bench_peers import (  # noqa: E402
     DEFAULT_URL,
     MissingDependencyError,
@@ -919,12 +919,13 @@ class MachineSampler(threading.Thread):
     def __init__(self, pids: Callable[[], Sequence[int]]) -> None:
         super().__init__(name="machine-sampler", daemon=True)
         self._pids = pids
+        #: RabbitMQ's processes, found once (a scan of /proc every sample would cost more than it reads).
+        self._broker_pids: list[int] = []
         self.started_at = 0.0
         self.rows: list[list[float]] = []
         self._stop_requested = threading.Event()
 
-    @staticmethod
-    def _counters(pids: Sequence[int]) -> tuple[float, float, float, float, float]:
+    def _counters(self, pids: Sequence[int]) -> tuple[float, float, float, float, float]:
         steal = 0.0
         with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/stat") as f:
             steal = 1000.0 * int(f.readline().split()[8]) / CLOCK_TICKS
@@ -936,11 +937,12 @@ class MachineSampler(threading.Thread):
             pressure.append(value)
         own = 0.0
         for pid in pids:
-            with contextlib.suppress(OSError):
-                own += 1000.0 * ProcCpu.read(pid).own
-        return steal, pressure[0], pressure[1], own, 1000.0 * broker_cpu()
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                own += 1000.0 * cpu_seconds(pid)  # (not ProcCpu.read: no thread counts needed)
+        return steal, pressure[0], pressure[1], own, 1000.0 * broker_cpu(self._broker_pids)
 
     def run(self) -> None:
+        self._broker_pids = broker_pids()
         self.started_at = time.monotonic()
         before = self._counters(self._pids())
         while not self._stop_requested.wait(SAMPLE_SECONDS):
