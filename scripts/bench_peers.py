@@ -615,7 +615,7 @@ def raw_baseline(
         status_queue=status_queue,
         queue_type=queue_type,
         argv=[sys.executable, "-m", "peers.raw_worker"],
-        env={"BENCH_PEERS_RAW_PROCESSES": str(processes), "BENCH_PEERS_PREFETCH": str(prefetch)},
+        env={common.ENV_RAW_PROCESSES: str(processes), common.ENV_PREFETCH: str(prefetch)},
         preload=preload,
         clock="first process consuming (its ready file) -> last succeeded at the collector",
         cleanup_queues=[job_queue],
@@ -659,16 +659,12 @@ def spawn_subprocess_run(n: int) -> PeerResult:
 
 def spawn_posix_spawn(n: int) -> PeerResult:
     """``os.posix_spawn`` of ``true`` (path resolved once) and ``os.waitpid``, n times in a loop."""
-    path = shutil.which("true")
-    if path is None:
-        raise RuntimeError("no `true` on PATH")
-    argv, env = ["true"], dict(os.environ)
+    run_true = common.true_spawner()
 
     def spawn_one() -> None:
-        pid = os.posix_spawn(path, argv, env)
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"true exited with {status}")
+        code = run_true()
+        if code != 0:
+            raise RuntimeError(f"true exited with {code}")
 
     return _spawn_loop("spawn:posix_spawn", n, spawn_one, "loop start -> loop end")
 

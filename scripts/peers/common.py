@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +33,9 @@ ENV_STATUS_QUEUE = "BENCH_PEERS_STATUS_QUEUE"
 ENV_READY_DIR = "BENCH_PEERS_READY_DIR"
 ENV_QUEUE_TYPE = "BENCH_PEERS_QUEUE_TYPE"
 ENV_PREFETCH_MULTIPLIER = "BENCH_PEERS_PREFETCH_MULTIPLIER"
+#: The floor's settings (``peers/raw_worker.py``): its processes, and each one's prefetch.
+ENV_RAW_PROCESSES = "BENCH_PEERS_RAW_PROCESSES"
+ENV_PREFETCH = "BENCH_PEERS_PREFETCH"
 
 JOB_TYPES = frozenset({"build", "deploy", "test", "stop"})
 
@@ -116,6 +121,22 @@ def publisher() -> StatusPublisher:
         current = StatusPublisher(os.environ.get(ENV_URL, DEFAULT_URL), os.environ[ENV_STATUS_QUEUE])
         _local.publisher, _local.pid = current, pid
     return current
+
+
+def true_spawner() -> Callable[[], int]:
+    """The cheapest spawn of ``true`` from Python: ``os.posix_spawn`` (its path resolved once, here)
+    and ``os.waitpid``; the returned function runs it once and returns its exit code."""
+    path = shutil.which("true")
+    if path is None:
+        raise RuntimeError("no `true` on PATH")
+    argv, env = ["true"], dict(os.environ)
+
+    def run() -> int:
+        pid = os.posix_spawn(path, argv, env)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    return run
 
 
 def run_job(body: str) -> None:

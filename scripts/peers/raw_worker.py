@@ -15,7 +15,6 @@ its ratio to Celery beside the targets).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from typing import Any
 
@@ -23,16 +22,10 @@ import pika
 
 from peers import common
 
-ENV_RAW_PROCESSES = "BENCH_PEERS_RAW_PROCESSES"
-ENV_PREFETCH = "BENCH_PEERS_PREFETCH"
-
 
 def consume(url: str, queue: str, prefetch: int) -> None:
     """One process's loop; returns only if the connection closes."""
-    true_path = shutil.which("true")
-    if true_path is None:
-        raise RuntimeError("no `true` on PATH")
-    argv, env = ["true"], dict(os.environ)
+    run_true = common.true_spawner()
     events = common.publisher()
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
@@ -44,11 +37,9 @@ def consume(url: str, queue: str, prefetch: int) -> None:
         except common.InvalidJobError:
             events.publish(common.status_event("", "rejected"))
         else:
-            pid = os.posix_spawn(true_path, argv, env)
-            _, status = os.waitpid(pid, 0)
+            ok = run_true() == 0
             deployment_id = job["deploymentId"]
             events.publish(common.status_event(deployment_id, "dispatched"))
-            ok = os.waitstatus_to_exitcode(status) == 0
             events.publish(common.status_event(deployment_id, "succeeded" if ok else "failed"))
         ch.basic_ack(method.delivery_tag)
 
@@ -60,8 +51,8 @@ def consume(url: str, queue: str, prefetch: int) -> None:
 def main() -> int:
     url = os.environ.get(common.ENV_URL, common.DEFAULT_URL)
     queue = os.environ[common.ENV_JOB_QUEUE]
-    processes = int(os.environ.get(ENV_RAW_PROCESSES, "4"))
-    prefetch = int(os.environ.get(ENV_PREFETCH, "4"))
+    processes = int(os.environ.get(common.ENV_RAW_PROCESSES, "4"))
+    prefetch = int(os.environ.get(common.ENV_PREFETCH, "4"))
     children = []
     for _ in range(processes):
         pid = os.fork()
