@@ -12,14 +12,14 @@ How, keeping a task file's promises (it appears with its whole record, synced; n
 
 - :meth:`SpareFiles.recycle` renames an ended task's file into ``spare/`` under a name of this
   process's own (``<token>-<n>``), instead of unlinking it. Beyond :data:`MAX_SPARES` it unlinks.
-- :meth:`SpareFiles.write_new` takes one of this process's spares, checks that it is nobody's task file
+- :meth:`SpareFiles.open_new` takes one of this process's spares, checks that it is nobody's task file
   any more (one link: a crash between linking a spare as a task file and dropping its spare name
   leaves a file with two names, which is never truncated), truncates it, writes and syncs the
   record, and links it under the task file's name (``link`` fails if that name exists: the exclusive
   create), then drops the spare name. Without a spare it writes a fresh temporary file the same way.
-  :meth:`SpareFiles.open_new` does the same and returns the new file's descriptor, open for
-  appending (``O_APPEND``: a line the task's wrapper appended meanwhile is never overwritten), so
-  the launch appends the ``pid`` line without opening the file again.
+  It returns the new file's descriptor, open for appending (``O_APPEND``: a line the task's wrapper
+  appended meanwhile is never overwritten), so the launch appends the ``pid`` line without opening
+  the file again.
 - At start, a launcher adopts the spares that dead processes left (by a rename, so only one process
   gets each). A live process's spares are left alone: it may be writing one of them at that moment,
   and two processes must never write one inode. (A spare name gone from under its owner, removed by
@@ -138,21 +138,14 @@ class SpareFiles:
                 continue
             return fd, spare
 
-    def write_new(self, path: Path, data: bytes) -> bool:
-        """Create ``path`` holding ``data``, synced, only if it does not exist yet (False then).
+    def open_new(self, path: Path, data: bytes) -> int | None:
+        """Create ``path`` holding ``data``, synced, only if it does not exist yet (None then); return a
+        descriptor of it open for appending (the caller closes it): a line appended later costs no
+        open and close.
 
         The file appears whole: the data is written and synced under another name first (a spare's,
         or without one a fresh temporary file's: :func:`~.local_files.create_appendable`).
         """
-        fd = self.open_new(path, data)
-        if fd is None:
-            return False
-        os.close(fd)
-        return True
-
-    def open_new(self, path: Path, data: bytes) -> int | None:
-        """:meth:`write_new`, returning a descriptor of the new file open for appending (the caller
-        closes it), or None when ``path`` exists: a line appended later costs no open and close."""
         taken = self._take()
         if taken is None:
             return create_appendable(path, data)

@@ -16,6 +16,15 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
+def write_new(spares: SpareFiles, path: Path, data: bytes) -> bool:
+    """``spares.open_new``, its descriptor closed: whether ``path`` was created."""
+    fd = spares.open_new(path, data)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
 def test_a_recycled_file_is_reused_for_the_next_task_with_only_the_new_content(tmp_path: Path) -> None:
     spares = SpareFiles(tmp_path / "spare")
     ended = write(tmp_path / "a.json", b"a long record of the ended task\nexit 0\n")
@@ -25,7 +34,7 @@ def test_a_recycled_file_is_reused_for_the_next_task_with_only_the_new_content(t
     assert not ended.exists()
     assert len(spares) == 1
 
-    assert spares.write_new(tmp_path / "b.json", b"new\n")
+    assert write_new(spares, tmp_path / "b.json", b"new\n")
     assert (tmp_path / "b.json").read_bytes() == b"new\n"
     assert (tmp_path / "b.json").stat().st_ino == inode, "the spare's inode was not reused"
     assert (tmp_path / "b.json").stat().st_nlink == 1
@@ -36,7 +45,7 @@ def test_a_recycled_file_is_reused_for_the_next_task_with_only_the_new_content(t
 def test_without_a_spare_a_new_file_is_created(tmp_path: Path) -> None:
     spares = SpareFiles(tmp_path / "spare")
 
-    assert spares.write_new(tmp_path / "b.json", b"new\n")
+    assert write_new(spares, tmp_path / "b.json", b"new\n")
 
     assert (tmp_path / "b.json").read_bytes() == b"new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "spare"], "a temporary file was left"
@@ -47,11 +56,11 @@ def test_an_existing_file_is_never_overwritten_and_the_spare_is_kept(tmp_path: P
     spares.recycle(write(tmp_path / "old.json", b"old\n"))
     existing = write(tmp_path / "b.json", b"the first launch's record\n")
 
-    assert not spares.write_new(existing, b"a second launch\n")
+    assert not write_new(spares, existing, b"a second launch\n")
 
     assert existing.read_bytes() == b"the first launch's record\n"
     assert len(spares) == 1
-    assert spares.write_new(tmp_path / "c.json", b"c\n")
+    assert write_new(spares, tmp_path / "c.json", b"c\n")
     assert (tmp_path / "c.json").read_bytes() == b"c\n"
 
 
@@ -64,7 +73,7 @@ def test_a_spare_that_is_also_a_task_file_is_never_truncated(tmp_path: Path) -> 
 
     spares = SpareFiles(tmp_path / "spare")
     assert len(spares) == 1
-    assert spares.write_new(tmp_path / "b.json", b"new\n")
+    assert write_new(spares, tmp_path / "b.json", b"new\n")
 
     assert task_file.read_bytes() == b"a running task's record\n"
     assert task_file.stat().st_nlink == 1, "the leftover spare name was not dropped"
@@ -82,7 +91,7 @@ def test_two_processes_sharing_a_directory_never_use_one_spare_twice(tmp_path: P
     for n in range(6):
         owner = first if n % 2 else second
         path = tmp_path / f"new-{n}.json"
-        assert owner.write_new(path, f"{n}\n".encode())
+        assert write_new(owner, path, f"{n}\n".encode())
         written.append(path)
 
     inodes = [path.stat().st_ino for path in written]
@@ -127,7 +136,7 @@ def test_a_spare_removed_from_under_its_owner_gives_way_to_a_fresh_file(tmp_path
     for path in (tmp_path / "spare").iterdir():
         path.unlink()
 
-    assert spares.write_new(tmp_path / "b.json", b"new\n")
+    assert write_new(spares, tmp_path / "b.json", b"new\n")
 
     assert (tmp_path / "b.json").read_bytes() == b"new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "spare"]
