@@ -71,7 +71,7 @@ class _GlibcSpawn:
 
     def __init__(self) -> None:
         # Two handles on one library: calls through ``_call`` release the GIL, through ``_quick`` not.
-        self._call = ctypes.CDLL(LIBC, use_errno=True)
+        self._call = ctypes.CDLL(LIBC)  # (posix_spawn returns its error: errno is not read)
         self._quick = ctypes.PyDLL(LIBC)
         self._posix_spawn = self._call.posix_spawn
         self._posix_spawn.restype = ctypes.c_int
