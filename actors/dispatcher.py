@@ -1,7 +1,8 @@
 """Dispatcher (one per launch type): launches the worker task of a job attempt, or adopts it.
 
-Launch calls are slow (100–500 ms for RunTask), so they run in a :class:`LaunchPool` — up to
-``ecs.max_inflight_launches`` at once, paced by a token bucket at ``ecs.launch_rate``. Nothing here
+Launch calls are slow (100–500 ms for RunTask; a local launch waits for its record's fsync), so they
+run in a :class:`LaunchPool` — up to ``ecs.max_inflight_launches`` at once, paced by a token bucket at
+``ecs.launch_rate`` (local launches: up to ``local.max_inflight_launches``, not paced). Nothing here
 blocks on AWS. What follows a launch call is :class:`~orchestrator.launch_results.LaunchResults`'s
 to carry out. A launch that returned a task is carried on by the pool thread itself (the guard's
 checks and the tells to the monitor and publisher are thread-safe, and the decisions are the
@@ -29,9 +30,25 @@ from orchestrator.runtime.actor import ActorReporter, SupervisedActor
 from orchestrator.runtime.supervisor import ActorHandle
 from orchestrator.shared import Coordination
 
-#: Local launches are not paced by a token bucket (only ``ecs.max_inflight_launches`` bounds them).
+#: Local launches are not paced by a token bucket (only ``local.max_inflight_launches`` bounds them).
 UNPACED_RATE: Final = 1e9
 UNPACED_BURST: Final = 1_000_000_000
+
+
+class PoolSettings(msgspec.Struct, frozen=True):
+    """A launch pool's size and pacing."""
+
+    max_inflight: int
+    rate: float
+    burst: int
+
+
+def pool_settings(config: Config, launcher: str) -> PoolSettings:
+    """The launch pool of ``launcher``: ECS launches paced under AWS's RunTask rate, local ones not."""
+    if launcher == "local":
+        return PoolSettings(config.local.max_inflight_launches, UNPACED_RATE, UNPACED_BURST)
+    ecs = config.ecs
+    return PoolSettings(ecs.max_inflight_launches, ecs.launch_rate, ecs.launch_burst)
 
 
 class LaunchDone(msgspec.Struct, frozen=True):
@@ -82,13 +99,9 @@ class DispatcherActor(SupervisedActor[DispatcherMessage]):
         return self._guard.name
 
     def on_start(self) -> None:
-        ecs = self._config.ecs
-        paced = self.launcher != "local"  # the token bucket keeps us under AWS's RunTask rate
+        settings = pool_settings(self._config, self.launcher)
         self._pool = LaunchPool(
-            self._guard,
-            max_inflight=ecs.max_inflight_launches,
-            rate=ecs.launch_rate if paced else UNPACED_RATE,
-            burst=ecs.launch_burst if paced else UNPACED_BURST,
+            self._guard, max_inflight=settings.max_inflight, rate=settings.rate, burst=settings.burst
         )
 
     def on_stop(self) -> None:
