@@ -84,8 +84,8 @@ DEFAULT_LOCAL_PASS_ENV: Final[tuple[str, ...]] = ()
 #: Local launches in flight at once per process. A launch waits on the disk (the record's fsync) and
 #: on Redis (its claim) for most of its time, so the launch threads bound the launch rate: 10 held a
 #: process near 370 jobs/s. Measured in interleaved rounds of ``scripts/bench_local.py --base-code``
-#: (CPU per job, median ratio): 20 threads 0.95 of 10, 32 threads 0.84 of 10 (more jobs/s in 7 of 8
-#: rounds), 64 threads 1.09 of 32 (more context switches per job).
+#: (CPU per job, median ratio): 32 threads 0.895 of 10 (less CPU and more jobs/s in 8 of 8 rounds),
+#: 20 threads 0.95 of 10, 64 threads 1.09 of 32 (more context switches per job).
 DEFAULT_LOCAL_MAX_INFLIGHT_LAUNCHES: Final = 32
 
 DEFAULT_ECS_REGION: Final = "us-east-1"
