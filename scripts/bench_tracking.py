@@ -61,6 +61,7 @@ START_RSS_KB: Final = rss_kb()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from launch.helpers import fargate_network  # noqa: E402 - the tests' moto world
 
+from orchestrator.attempt_events import OutcomeDurable  # noqa: E402
 from orchestrator.config import Config, load_config  # noqa: E402 - after the reading above
 from orchestrator.launch.base import LaunchRequest, TaskHandle, TaskState  # noqa: E402
 from orchestrator.launch.ecs import DESCRIBE_CONCURRENCY  # noqa: E402
@@ -283,6 +284,7 @@ def stage_monitor(count: int) -> dict[str, Any]:
     table = TaskTable()
     publisher = CountingSink()
     sinks: dict[str, Any] = {"publisher": publisher, "rate_limiter": CountingSink()}
+    durable: list[OutcomeDurable] = []
     monitor = TimeoutMonitorActor.start(
         StandaloneReporter(),
         config,
@@ -292,6 +294,7 @@ def stage_monitor(count: int) -> dict[str, Any]:
         coordination,
         sinks,
         Settler(),
+        durable.append,  # confirmed outcomes (Completions' hand-off in the real process): collected
     )
     try:
         monitor.ask(Ping(), timeout=STAGE_TIMEOUT_SECONDS)
